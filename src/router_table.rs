@@ -1,0 +1,425 @@
+//! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
+//!
+//! Each shard is a `hashbrown::HashTable<(K, V)>` behind a
+//! [`LockedCell`](crate::sharded_rwlock::LockedCell); all shards share one
+//! [`ReaderSlots`] matrix (a column each), so a thread's reader slots for
+//! every shard sit together on the lines it alone writes. The lock protocol,
+//! its orderings and its loom models are described in [`crate::raw_rwlock`];
+//! this module adds no atomics of its own.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{self, AssertUnwindSafe};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::hash_table::{Entry, HashTable};
+
+use crate::raw_rwlock::ReaderSlots;
+use crate::reentrancy::{self, Access, Scope};
+use crate::sharded_rwlock::{LockedCell, ShardedReadGuard, ShardedWriteGuard};
+
+#[cfg(feature = "serde")]
+mod serde;
+
+type Map<K, V> = HashTable<(K, V)>;
+
+/// How many shards a table gets.
+fn default_shards() -> usize {
+    if cfg!(loom) {
+        return 2;
+    }
+    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (cpus * 16).next_power_of_two().clamp(16, 256)
+}
+
+/// A concurrent hash map for read-mostly maps, such as a server's
+/// socket address → peer table.
+///
+/// Sharded: a key's shard is chosen from its hash, and each shard is a
+/// hashbrown table behind a [`ShardedRwLock`](crate::ShardedRwLock)-style
+/// lock whose read path writes only the reading thread's own cache line.
+/// Lookups therefore scale with cores; writes lock one shard.
+///
+/// # Semantics
+/// * Every single-key operation is linearizable.
+/// * [`for_each`](Self::for_each) and [`retain`](Self::retain) visit one shard
+///   at a time. They are weakly consistent (an entry changed meanwhile may be
+///   seen before or after the change) and hold each shard's lock only for
+///   that shard's entries, so writers to other shards never wait for them.
+/// * No references escape: values are returned by clone or seen inside a
+///   closure, so no guard can be held across a write or an `.await`.
+/// * Closures and reentrancy: inside a `get_with` or `for_each` closure, reads
+///   of the same table work and writes panic at once; inside an `update`,
+///   `retain`, `remove_if` or `get_or_insert_with` closure (which run under a
+///   shard write lock) any call on the same table panics at once. Other
+///   tables may be used freely. Nothing deadlocks silently.
+/// * Panics: a closure that panics releases every lock. If an `update` or
+///   `retain` closure panics, the entry it was changing is removed, so no
+///   half-written value is ever visible; the panic then resumes.
+/// * Shards shrink when they fall below a quarter full, but never below the
+///   capacity asked for at construction.
+///
+/// ```
+/// use shardlock::RouterTable;
+/// use std::net::SocketAddr;
+///
+/// let routes: RouterTable<SocketAddr, u32> = RouterTable::new();
+/// let addr: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+/// routes.insert(addr, 7);
+/// assert_eq!(routes.get(&addr), Some(7));
+/// routes.update(&addr, |peer| *peer += 1);
+/// assert_eq!(routes.get_with(&addr, |peer| *peer * 2), Some(16));
+/// assert_eq!(routes.remove(&addr), Some(8));
+/// assert!(routes.is_empty());
+/// ```
+pub struct RouterTable<K, V, S = ahash::RandomState> {
+    shards: Box<[CachePadded<LockedCell<Map<K, V>>>]>,
+    slots: ReaderSlots,
+    hasher: S,
+    shard_bits: u32,
+    min_shard_capacity: usize,
+}
+
+// SAFETY: like `RwLock<HashMap<K, V>>`: shared `&K`/`&V` reach many threads
+// at once (`Sync`), and entries move in and out, or are mutated, on any thread
+// (`Send`). The hasher is only used through `&S`.
+unsafe impl<K: Send + Sync, V: Send + Sync, S: Sync> Sync for RouterTable<K, V, S> {}
+
+impl<K, V> RouterTable<K, V> {
+    /// Creates an empty table with the default hasher (`ahash`).
+    pub fn new() -> Self {
+        Self::with_capacity_and_hasher(0, ahash::RandomState::new())
+    }
+
+    /// Creates an empty table with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacity_and_hasher(capacity, ahash::RandomState::new())
+    }
+}
+
+impl<K, V, S> RouterTable<K, V, S> {
+    /// Creates an empty table hashing with `hasher`.
+    pub fn with_hasher(hasher: S) -> Self {
+        Self::with_capacity_and_hasher(0, hasher)
+    }
+
+    /// Creates an empty table with room for `capacity` entries, hashing with
+    /// `hasher`.
+    pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
+        Self::with_shards(default_shards(), capacity, hasher)
+    }
+
+    /// Creates an empty table with `shards` shards (rounded up to a power of
+    /// two, at most 2^16) and room for `capacity` entries.
+    pub fn with_shards(shards: usize, capacity: usize, hasher: S) -> Self {
+        let shards = shards.clamp(1, 1 << 16).next_power_of_two();
+        let min_shard_capacity = capacity.div_ceil(shards);
+        RouterTable {
+            shards: (0..shards)
+                .map(|_| CachePadded::new(LockedCell::new(Map::with_capacity(min_shard_capacity))))
+                .collect(),
+            slots: ReaderSlots::new(shards),
+            hasher,
+            shard_bits: shards.trailing_zeros(),
+            min_shard_capacity,
+        }
+    }
+
+    /// The table's hasher.
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Identifies this table to the reentrancy check.
+    #[inline]
+    fn id(&self) -> usize {
+        self.shards.as_ptr() as usize
+    }
+
+    #[inline]
+    fn read_shard(&self, index: usize) -> ShardedReadGuard<'_, Map<K, V>> {
+        reentrancy::check(self.id(), false);
+        // SAFETY: shard `index` always locks through column `index` of
+        // `self.slots`, and nothing else uses that column.
+        unsafe { self.shards[index].read(&self.slots, index) }
+    }
+
+    #[inline]
+    fn write_shard(&self, index: usize) -> ShardedWriteGuard<'_, Map<K, V>> {
+        reentrancy::check(self.id(), true);
+        // SAFETY: as in `read_shard`.
+        unsafe { self.shards[index].write(&self.slots, index) }
+    }
+
+    /// Removes every entry, one shard at a time.
+    pub fn clear(&self) {
+        for index in 0..self.shards.len() {
+            let mut map = self.write_shard(index);
+            map.clear();
+            map.shrink_to(self.min_shard_capacity, |_| unreachable!("table is empty"));
+        }
+    }
+
+    /// The number of entries (a sum over shards, each read at a different
+    /// moment while writers run).
+    pub fn len(&self) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.read_shard(i).len())
+            .sum()
+    }
+
+    /// Whether the table has no entries (with the same caveat as `len`).
+    pub fn is_empty(&self) -> bool {
+        (0..self.shards.len()).all(|i| self.read_shard(i).is_empty())
+    }
+
+    /// Calls `f` on every entry, holding one shard's read lock at a time.
+    /// Weakly consistent; see the type's docs for what `f` may do.
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for index in 0..self.shards.len() {
+            let map = self.read_shard(index);
+            let _scope = Scope::enter(self.id(), Access::Shared);
+            map.iter().for_each(|(k, v)| f(k, v));
+        }
+    }
+}
+
+impl<K, V, S> RouterTable<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    #[inline]
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of `hash`: the bits just below the top 7, which hashbrown
+    /// keeps for its tags.
+    #[inline]
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> (57 - self.shard_bits)) as usize & (self.shards.len() - 1)
+    }
+
+    fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
+        move |(k, _)| self.hash(k)
+    }
+
+    /// Shrinks a shard that fell below a quarter full, down to half full but
+    /// never below the capacity asked for at construction.
+    fn maybe_shrink(&self, map: &mut Map<K, V>) {
+        if map.capacity() > self.min_shard_capacity.max(64) && map.len() * 4 < map.capacity() {
+            map.shrink_to(
+                (map.len() * 2).max(self.min_shard_capacity),
+                self.rehasher(),
+            );
+        }
+    }
+
+    /// Inserts `value` at `key`, returning the value it replaced.
+    pub fn insert(&self, key: K, value: V) -> Option<V> {
+        let hash = self.hash(&key);
+        let mut map = self.write_shard(self.shard_of(hash));
+        match map.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+            Entry::Occupied(mut entry) => Some(std::mem::replace(&mut entry.get_mut().1, value)),
+            Entry::Vacant(entry) => {
+                entry.insert((key, value));
+                None
+            }
+        }
+    }
+
+    /// A clone of the value at `key`.
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.hash(key);
+        let map = self.read_shard(self.shard_of(hash));
+        map.find(hash, |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Calls `f` on the value at `key` under the shard's read lock.
+    /// Inside `f`, reads of this table work and writes panic.
+    #[inline]
+    pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let map = self.read_shard(self.shard_of(hash));
+        let (_, value) = map.find(hash, |(k, _)| k.borrow() == key)?;
+        let _scope = Scope::enter(self.id(), Access::Shared);
+        Some(f(value))
+    }
+
+    /// Whether `key` is present.
+    #[inline]
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let map = self.read_shard(self.shard_of(hash));
+        map.find(hash, |(k, _)| k.borrow() == key).is_some()
+    }
+
+    /// Changes the value at `key` in place; `None` if `key` is absent.
+    ///
+    /// `f` runs under the shard's write lock and may not use this table. If
+    /// it panics, the entry is removed and the panic resumes.
+    pub fn update<Q, R>(&self, key: &Q, f: impl FnOnce(&mut V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let mut map = self.write_shard(self.shard_of(hash));
+        let mut entry = map.find_entry(hash, |(k, _)| k.borrow() == key).ok()?;
+        let outcome = {
+            let _scope = Scope::enter(self.id(), Access::Exclusive);
+            panic::catch_unwind(AssertUnwindSafe(|| f(&mut entry.get_mut().1)))
+        };
+        match outcome {
+            Ok(result) => Some(result),
+            Err(payload) => {
+                drop(entry.remove());
+                drop(map);
+                panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_if(key, |_| true)
+    }
+
+    /// Removes `key` if `f` approves its value, returning the value.
+    /// `f` runs under the shard's write lock and may not use this table.
+    pub fn remove_if<Q>(&self, key: &Q, f: impl FnOnce(&V) -> bool) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let mut map = self.write_shard(self.shard_of(hash));
+        let entry = map.find_entry(hash, |(k, _)| k.borrow() == key).ok()?;
+        let approved = {
+            let _scope = Scope::enter(self.id(), Access::Exclusive);
+            f(&entry.get().1)
+        };
+        if !approved {
+            return None;
+        }
+        let ((_, value), _) = entry.remove();
+        self.maybe_shrink(&mut map);
+        Some(value)
+    }
+
+    /// The value at `key`, inserting `f()` first if `key` is absent.
+    ///
+    /// `f` runs at most once per absent key, however many threads race on
+    /// it: it runs under the shard's write lock (so it may not use this
+    /// table). If it panics, nothing is inserted.
+    pub fn get_or_insert_with(&self, key: K, f: impl FnOnce() -> V) -> V
+    where
+        V: Clone,
+    {
+        if let Some(value) = self.get(&key) {
+            return value;
+        }
+        let hash = self.hash(&key);
+        let mut map = self.write_shard(self.shard_of(hash));
+        match map.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+            Entry::Occupied(entry) => entry.get().1.clone(),
+            Entry::Vacant(entry) => {
+                let value = {
+                    let _scope = Scope::enter(self.id(), Access::Exclusive);
+                    f()
+                };
+                entry.insert((key, value.clone()));
+                value
+            }
+        }
+    }
+
+    /// Keeps only the entries for which `f` returns `true`, one shard at a
+    /// time under its write lock. `f` may not use this table. If it panics,
+    /// the entry it was given is removed and the panic resumes.
+    pub fn retain(&self, mut f: impl FnMut(&K, &mut V) -> bool) {
+        for index in 0..self.shards.len() {
+            let mut map = self.write_shard(index);
+            let mut panicked = None;
+            {
+                let _scope = Scope::enter(self.id(), Access::Exclusive);
+                map.retain(|(k, v)| {
+                    if panicked.is_some() {
+                        return true;
+                    }
+                    panic::catch_unwind(AssertUnwindSafe(|| f(k, v))).unwrap_or_else(|payload| {
+                        panicked = Some(payload);
+                        false
+                    })
+                });
+            }
+            self.maybe_shrink(&mut map);
+            if let Some(payload) = panicked {
+                drop(map);
+                panic::resume_unwind(payload);
+            }
+        }
+    }
+}
+
+impl<K, V> Default for RouterTable<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for RouterTable<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        self.for_each(|k, v| {
+            map.entry(k, v);
+        });
+        map.finish()
+    }
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher> Extend<(K, V)> for RouterTable<K, V, S> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> FromIterator<(K, V)> for RouterTable<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut table = Self::with_capacity(iter.size_hint().0);
+        table.extend(iter);
+        table
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
