@@ -106,8 +106,17 @@ mod imp {
     pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
     pub(crate) use loom::thread::yield_now;
 
+    /// loom's `thread_local!` takes no `const { }` initialisers: strip them.
     macro_rules! thread_locals {
-        ($($tt:tt)*) => { loom::thread_local!($($tt)*); };
+        () => {};
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+            thread_locals!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+            thread_locals!($($rest)*);
+        };
     }
     pub(crate) use thread_locals;
 

@@ -1,0 +1,197 @@
+//! Side-by-side throughput of RouterTable and its peers on bustle's
+//! workloads (the ones conc-map-bench uses), all in this one process.
+//!
+//! ```text
+//! cargo run --release --example compare [-- --rounds 3 --threads 1,2 --cap-log2 22]
+//! ```
+//!
+//! Prints Mop/s per map and the ratio of RouterTable to the best peer in the
+//! same run (the median over rounds, rounds interleaved across maps).
+use std::sync::Arc;
+
+use bustle::{Collection, CollectionHandle, Mix, Workload};
+use shardlock::RouterTable;
+
+type Hasher = ahash::RandomState;
+
+/// Generates a bustle adapter: `$ty` wrapped in an `Arc`, one handle per thread.
+macro_rules! adapter {
+    ($name:ident, $ty:ty, $new:expr, |$map:ident, $key:ident| {
+        get: $get:expr, insert: $insert:expr, remove: $remove:expr, update: $update:expr $(,)?
+    }) => {
+        struct $name(Arc<$ty>);
+        impl Collection for $name {
+            type Handle = Self;
+            fn with_capacity(capacity: usize) -> Self {
+                let new: fn(usize) -> $ty = $new;
+                $name(Arc::new(new(capacity)))
+            }
+            fn pin(&self) -> Self::Handle {
+                $name(self.0.clone())
+            }
+        }
+        impl CollectionHandle for $name {
+            type Key = u64;
+            fn get(&mut self, $key: &u64) -> bool {
+                let $map = &*self.0;
+                $get
+            }
+            fn insert(&mut self, $key: &u64) -> bool {
+                let $map = &*self.0;
+                $insert
+            }
+            fn remove(&mut self, $key: &u64) -> bool {
+                let $map = &*self.0;
+                $remove
+            }
+            fn update(&mut self, $key: &u64) -> bool {
+                let $map = &*self.0;
+                $update
+            }
+        }
+    };
+}
+
+adapter!(Router, RouterTable<u64, u32, Hasher>, |c| RouterTable::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.contains_key(k),
+    insert: m.insert(*k, 0).is_none(),
+    remove: m.remove(k).is_some(),
+    update: m.update(k, |v| *v += 1).is_some(),
+});
+
+adapter!(Dash, dashmap::DashMap<u64, u32, Hasher>, |c| dashmap::DashMap::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.get(k).is_some(),
+    insert: m.insert(*k, 0).is_none(),
+    remove: m.remove(k).is_some(),
+    update: m.get_mut(k).map(|mut v| *v += 1).is_some(),
+});
+
+adapter!(Papaya, papaya::HashMap<u64, u32, Hasher>, |c| papaya::HashMap::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.pin().get(k).is_some(),
+    insert: m.pin().insert(*k, 0).is_none(),
+    remove: m.pin().remove(k).is_some(),
+    update: m.pin().update(*k, |v| v + 1).is_some(),
+});
+
+adapter!(SccMap, scc::HashMap<u64, u32, Hasher>, |c| scc::HashMap::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.read_sync(k, |_, _| ()).is_some(),
+    insert: m.insert_sync(*k, 0).is_ok(),
+    remove: m.remove_sync(k).is_some(),
+    update: m.update_sync(k, |_, v| *v += 1).is_some(),
+});
+
+adapter!(SccIndex, scc::HashIndex<u64, u32, Hasher>, |c| scc::HashIndex::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.peek_with(k, |_, _| ()).is_some(),
+    insert: m.insert_sync(*k, 0).is_ok(),
+    remove: m.remove_sync(k),
+    update: m.get_sync(k).map(|mut e| { let v = *e.get() + 1; e.update(v) }).is_some(),
+});
+
+const MAPS: [&str; 5] = [
+    "RouterTable",
+    "dashmap",
+    "papaya",
+    "scc HashMap",
+    "scc HashIndex",
+];
+
+fn run_map(index: usize, workload: &Workload) -> f64 {
+    let m = match index {
+        0 => workload.run_silently::<Router>(),
+        1 => workload.run_silently::<Dash>(),
+        2 => workload.run_silently::<Papaya>(),
+        3 => workload.run_silently::<SccMap>(),
+        _ => workload.run_silently::<SccIndex>(),
+    };
+    m.throughput / 1e6
+}
+
+fn workloads() -> Vec<(&'static str, Mix, f64)> {
+    let mix = |read, insert, remove, update| Mix {
+        read,
+        insert,
+        remove,
+        update,
+        upsert: 0,
+    };
+    vec![
+        ("ReadHeavy", mix(98, 1, 1, 0), 0.75),
+        ("read-only", mix(100, 0, 0, 0), 0.75),
+        ("Exchange", mix(10, 40, 40, 10), 0.75),
+        ("RapidGrow", mix(5, 80, 5, 10), 0.0),
+    ]
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = arg(&args, "--rounds").map_or(1, |s| s.parse().expect("--rounds N"));
+    let cap_log2: u8 = arg(&args, "--cap-log2").map_or(22, |s| s.parse().expect("--cap-log2 N"));
+    let threads: Vec<usize> = arg(&args, "--threads").map_or(vec![1, 2], |s| {
+        s.split(',')
+            .map(|t| t.parse().expect("--threads 1,2"))
+            .collect()
+    });
+    let only: Option<String> = arg(&args, "--workload");
+
+    println!(
+        "bustle workloads, u64 keys, u32 values, ahash, capacity 2^{cap_log2}, 1 operations multiple, \
+         median of {rounds} round(s); Mop/s"
+    );
+    println!(
+        "| workload | threads | {} | RouterTable ÷ best peer |",
+        MAPS.join(" | ")
+    );
+    println!("|---|---|{}---|", "---|".repeat(MAPS.len()));
+    let mut read_only = Vec::new();
+    for (name, mix, prefill) in workloads() {
+        if only.as_deref().is_some_and(|w| w != name) {
+            continue;
+        }
+        for &t in &threads {
+            let mut workload = Workload::new(t, mix);
+            workload
+                .initial_capacity_log2(cap_log2)
+                .prefill_fraction(prefill)
+                .operations(1.0);
+            let mut samples = vec![Vec::new(); MAPS.len()];
+            for _ in 0..rounds {
+                for (i, s) in samples.iter_mut().enumerate() {
+                    s.push(run_map(i, &workload));
+                }
+            }
+            let mops: Vec<f64> = samples.into_iter().map(median).collect();
+            let best_peer = mops[1..].iter().copied().fold(f64::MIN, f64::max);
+            let cells: Vec<String> = mops.iter().map(|m| format!("{m:.1}")).collect();
+            println!(
+                "| {name} | {t} | {} | {:.2}× |",
+                cells.join(" | "),
+                mops[0] / best_peer
+            );
+            if name == "read-only" {
+                read_only.push((t, mops[0]));
+            }
+        }
+    }
+    if let (Some(&(1, one)), Some(&(2, two))) = (read_only.first(), read_only.get(1)) {
+        println!(
+            "\nRouterTable read-only scaling, 2 threads ÷ 1 thread: {:.2}",
+            two / one
+        );
+    }
+}
