@@ -24,6 +24,9 @@ mod serde;
 
 type Map<K, V> = HashTable<(K, V)>;
 
+/// One shard, padded so that neighbouring shards' lock words never share a line.
+type Shard<K, V> = CachePadded<LockedCell<Map<K, V>>>;
+
 /// How many shards a table gets.
 fn default_shards() -> usize {
     if cfg!(loom) {
@@ -74,7 +77,7 @@ fn default_shards() -> usize {
 /// assert!(routes.is_empty());
 /// ```
 pub struct RouterTable<K, V, S = ahash::RandomState> {
-    shards: Box<[CachePadded<LockedCell<Map<K, V>>>]>,
+    shards: Box<[Shard<K, V>]>,
     slots: ReaderSlots,
     hasher: S,
     shard_bits: u32,

@@ -117,7 +117,7 @@ fn writers_exclude_readers_across_threads() {
         a,
         (0..threads)
             .map(|t| (0..rounds).filter(|i| (i + t) % 4 == 0).count() as u64)
-            .sum()
+            .sum::<u64>()
     );
 }
 
