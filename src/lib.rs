@@ -13,6 +13,7 @@
     clippy::undocumented_unsafe_blocks
 )]
 
+mod linear_map;
 mod raw_rwlock;
 mod reentrancy;
 mod router_table;

@@ -1,20 +1,29 @@
 //! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
 //!
-//! Each shard is a `hashbrown::HashTable<(K, V)>` behind a
+//! Each shard is a [`LinearMap`] behind a
 //! [`LockedCell`](crate::sharded_rwlock::LockedCell); all shards share one
 //! [`ReaderSlots`] matrix (a column each), so a thread's reader slots for
 //! every shard sit together on the lines it alone writes. The lock protocol,
-//! its orderings and its loom models are described in [`crate::raw_rwlock`];
-//! this module adds no atomics of its own.
+//! its orderings and its loom models are described in [`crate::raw_rwlock`].
+//!
+//! The one atomic this module adds is a [`SlotHint`]: a Relaxed copy of where
+//! a shard's slots live, so that an operation can prefetch its key's home
+//! slot before the lock's fence, which would otherwise hold the cache miss
+//! back until the fence completes. The hint synchronizes nothing; a stale
+//! one costs a useless prefetch.
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{self, AssertUnwindSafe};
 
-use crossbeam_utils::CachePadded;
-use hashbrown::hash_table::{Entry, HashTable};
+use std::ops::{Deref, DerefMut};
+// Deliberately std, not the sync shim: see `SlotHint`.
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crossbeam_utils::CachePadded;
+
+use crate::linear_map::LinearMap;
 use crate::raw_rwlock::ReaderSlots;
 use crate::reentrancy::{self, Access, Scope};
 use crate::sharded_rwlock::{LockedCell, ShardedReadGuard, ShardedWriteGuard};
@@ -22,10 +31,73 @@ use crate::sharded_rwlock::{LockedCell, ShardedReadGuard, ShardedWriteGuard};
 #[cfg(feature = "serde")]
 mod serde;
 
-type Map<K, V> = HashTable<(K, V)>;
+/// One shard, padded so that neighbouring shards' lock words never share a
+/// line.
+struct Shard<K, V> {
+    map: LockedCell<LinearMap<K, V>>,
+    hint: SlotHint,
+}
 
-/// One shard, padded so that neighbouring shards' lock words never share a line.
-type Shard<K, V> = CachePadded<LockedCell<Map<K, V>>>;
+/// Where a shard's slot array lives, copied out of the lock for prefetching.
+/// Written (Relaxed) by each writer before it unlocks, read (Relaxed) before
+/// locking. Plain std atomics, outside the sync shim: nothing is ever
+/// concluded from them, so loom has nothing to explore.
+#[derive(Default)]
+struct SlotHint {
+    /// Tag array address, slot array address, index mask.
+    home: [AtomicUsize; 3],
+}
+
+impl SlotHint {
+    fn publish<K, V>(&self, map: &LinearMap<K, V>) {
+        for (hint, value) in self.home.iter().zip(map.home()) {
+            hint.store(value, Relaxed);
+        }
+    }
+
+    /// Starts loading `hash`'s home tag and home slot into the cache.
+    #[inline(always)]
+    fn prefetch<K, V>(&self, hash: u64) {
+        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let [tags, slots, mask] = [0, 1, 2].map(|i| self.home[i].load(Relaxed));
+            let (tag, slot) = LinearMap::<K, V>::home_offsets(hash, mask);
+            for address in [tags.wrapping_add(tag), slots.wrapping_add(slot)] {
+                // SAFETY: a prefetch is only a hint: it never faults or reads
+                // memory in the abstract machine, whatever the address (here
+                // one in or near a map's arrays, possibly since freed).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(address as *const i8) };
+            }
+        }
+        let _ = hash;
+    }
+}
+
+/// A shard's write guard; publishes the shard's [`SlotHint`] on unlock.
+struct ShardWrite<'a, K, V> {
+    guard: ShardedWriteGuard<'a, LinearMap<K, V>>,
+    hint: &'a SlotHint,
+}
+
+impl<K, V> Deref for ShardWrite<'_, K, V> {
+    type Target = LinearMap<K, V>;
+    fn deref(&self) -> &LinearMap<K, V> {
+        &self.guard
+    }
+}
+
+impl<K, V> DerefMut for ShardWrite<'_, K, V> {
+    fn deref_mut(&mut self) -> &mut LinearMap<K, V> {
+        &mut self.guard
+    }
+}
+
+impl<K, V> Drop for ShardWrite<'_, K, V> {
+    fn drop(&mut self) {
+        self.hint.publish(&self.guard);
+    }
+}
 
 /// How many shards a table gets.
 fn default_shards() -> usize {
@@ -39,8 +111,8 @@ fn default_shards() -> usize {
 /// A concurrent hash map for read-mostly maps, such as a server's
 /// socket address → peer table.
 ///
-/// Sharded: a key's shard is chosen from its hash, and each shard is a
-/// hashbrown table behind a [`ShardedRwLock`](crate::ShardedRwLock)-style
+/// Sharded: a key's shard is chosen from its hash, and each shard is an
+/// open-addressing table behind a [`ShardedRwLock`](crate::ShardedRwLock)-style
 /// lock whose read path writes only the reading thread's own cache line.
 /// Lookups therefore scale with cores; writes lock one shard.
 ///
@@ -77,7 +149,7 @@ fn default_shards() -> usize {
 /// assert!(routes.is_empty());
 /// ```
 pub struct RouterTable<K, V, S = ahash::RandomState> {
-    shards: Box<[Shard<K, V>]>,
+    shards: Box<[CachePadded<Shard<K, V>>]>,
     slots: ReaderSlots,
     hasher: S,
     shard_bits: u32,
@@ -120,7 +192,15 @@ impl<K, V, S> RouterTable<K, V, S> {
         let min_shard_capacity = capacity.div_ceil(shards);
         RouterTable {
             shards: (0..shards)
-                .map(|_| CachePadded::new(LockedCell::new(Map::with_capacity(min_shard_capacity))))
+                .map(|_| {
+                    let map = LinearMap::with_capacity(min_shard_capacity);
+                    let hint = SlotHint::default();
+                    hint.publish(&map);
+                    CachePadded::new(Shard {
+                        map: LockedCell::new(map),
+                        hint,
+                    })
+                })
                 .collect(),
             slots: ReaderSlots::new(shards),
             hasher,
@@ -146,18 +226,22 @@ impl<K, V, S> RouterTable<K, V, S> {
     }
 
     #[inline]
-    fn read_shard(&self, index: usize) -> ShardedReadGuard<'_, Map<K, V>> {
+    fn read_shard(&self, index: usize) -> ShardedReadGuard<'_, LinearMap<K, V>> {
         reentrancy::check(self.id(), false);
         // SAFETY: shard `index` always locks through column `index` of
         // `self.slots`, and nothing else uses that column.
-        unsafe { self.shards[index].read(&self.slots, index) }
+        unsafe { self.shards[index].map.read(&self.slots, index) }
     }
 
     #[inline]
-    fn write_shard(&self, index: usize) -> ShardedWriteGuard<'_, Map<K, V>> {
+    fn write_shard(&self, index: usize) -> ShardWrite<'_, K, V> {
         reentrancy::check(self.id(), true);
-        // SAFETY: as in `read_shard`.
-        unsafe { self.shards[index].write(&self.slots, index) }
+        let shard = &self.shards[index];
+        ShardWrite {
+            // SAFETY: as in `read_shard`.
+            guard: unsafe { shard.map.write(&self.slots, index) },
+            hint: &shard.hint,
+        }
     }
 
     /// Removes every entry, one shard at a time.
@@ -165,7 +249,7 @@ impl<K, V, S> RouterTable<K, V, S> {
         for index in 0..self.shards.len() {
             let mut map = self.write_shard(index);
             map.clear();
-            map.shrink_to(self.min_shard_capacity, |_| unreachable!("table is empty"));
+            map.shrink_to(self.min_shard_capacity);
         }
     }
 
@@ -203,25 +287,21 @@ where
         self.hasher.hash_one(key)
     }
 
-    /// The shard of `hash`: the bits just below the top 7, which hashbrown
-    /// keeps for its tags.
+    /// The shard of `hash`: its top bits (a shard's map indexes by the low
+    /// ones), after prefetching the key's home slot in it.
     #[inline]
     fn shard_of(&self, hash: u64) -> usize {
-        (hash >> (57 - self.shard_bits)) as usize & (self.shards.len() - 1)
-    }
-
-    fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
-        move |(k, _)| self.hash(k)
+        // Two shifts, so that 0 shard bits (one shard) is not a shift by 64.
+        let index = (hash >> 1 >> (63 - self.shard_bits)) as usize & (self.shards.len() - 1);
+        self.shards[index].hint.prefetch::<K, V>(hash);
+        index
     }
 
     /// Shrinks a shard that fell below a quarter full, down to half full but
     /// never below the capacity asked for at construction.
-    fn maybe_shrink(&self, map: &mut Map<K, V>) {
+    fn maybe_shrink(&self, map: &mut LinearMap<K, V>) {
         if map.capacity() > self.min_shard_capacity.max(64) && map.len() * 4 < map.capacity() {
-            map.shrink_to(
-                (map.len() * 2).max(self.min_shard_capacity),
-                self.rehasher(),
-            );
+            map.shrink_to((map.len() * 2).max(self.min_shard_capacity));
         }
     }
 
@@ -229,10 +309,10 @@ where
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
         let mut map = self.write_shard(self.shard_of(hash));
-        match map.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-            Entry::Occupied(mut entry) => Some(std::mem::replace(&mut entry.get_mut().1, value)),
-            Entry::Vacant(entry) => {
-                entry.insert((key, value));
+        match map.find(hash, |k| *k == key) {
+            Some(i) => Some(std::mem::replace(map.value_mut(i), value)),
+            None => {
+                map.insert_new(hash, key, value);
                 None
             }
         }
@@ -248,8 +328,8 @@ where
     {
         let hash = self.hash(key);
         let map = self.read_shard(self.shard_of(hash));
-        map.find(hash, |(k, _)| k.borrow() == key)
-            .map(|(_, v)| v.clone())
+        let i = map.find(hash, |k| k.borrow() == key)?;
+        Some(map.value(i).clone())
     }
 
     /// Calls `f` on the value at `key` under the shard's read lock.
@@ -262,9 +342,9 @@ where
     {
         let hash = self.hash(key);
         let map = self.read_shard(self.shard_of(hash));
-        let (_, value) = map.find(hash, |(k, _)| k.borrow() == key)?;
+        let i = map.find(hash, |k| k.borrow() == key)?;
         let _scope = Scope::enter(self.id(), Access::Shared);
-        Some(f(value))
+        Some(f(map.value(i)))
     }
 
     /// Whether `key` is present.
@@ -276,7 +356,7 @@ where
     {
         let hash = self.hash(key);
         let map = self.read_shard(self.shard_of(hash));
-        map.find(hash, |(k, _)| k.borrow() == key).is_some()
+        map.find(hash, |k| k.borrow() == key).is_some()
     }
 
     /// Changes the value at `key` in place; `None` if `key` is absent.
@@ -290,15 +370,15 @@ where
     {
         let hash = self.hash(key);
         let mut map = self.write_shard(self.shard_of(hash));
-        let mut entry = map.find_entry(hash, |(k, _)| k.borrow() == key).ok()?;
+        let i = map.find(hash, |k| k.borrow() == key)?;
         let outcome = {
             let _scope = Scope::enter(self.id(), Access::Exclusive);
-            panic::catch_unwind(AssertUnwindSafe(|| f(&mut entry.get_mut().1)))
+            panic::catch_unwind(AssertUnwindSafe(|| f(map.value_mut(i))))
         };
         match outcome {
             Ok(result) => Some(result),
             Err(payload) => {
-                drop(entry.remove());
+                drop(map.remove_at(i));
                 drop(map);
                 panic::resume_unwind(payload)
             }
@@ -311,7 +391,12 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_if(key, |_| true)
+        let hash = self.hash(key);
+        let mut map = self.write_shard(self.shard_of(hash));
+        let i = map.find(hash, |k| k.borrow() == key)?;
+        let (_, value) = map.remove_at(i);
+        self.maybe_shrink(&mut map);
+        Some(value)
     }
 
     /// Removes `key` if `f` approves its value, returning the value.
@@ -323,15 +408,15 @@ where
     {
         let hash = self.hash(key);
         let mut map = self.write_shard(self.shard_of(hash));
-        let entry = map.find_entry(hash, |(k, _)| k.borrow() == key).ok()?;
+        let i = map.find(hash, |k| k.borrow() == key)?;
         let approved = {
             let _scope = Scope::enter(self.id(), Access::Exclusive);
-            f(&entry.get().1)
+            f(map.value(i))
         };
         if !approved {
             return None;
         }
-        let ((_, value), _) = entry.remove();
+        let (_, value) = map.remove_at(i);
         self.maybe_shrink(&mut map);
         Some(value)
     }
@@ -350,17 +435,15 @@ where
         }
         let hash = self.hash(&key);
         let mut map = self.write_shard(self.shard_of(hash));
-        match map.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-            Entry::Occupied(entry) => entry.get().1.clone(),
-            Entry::Vacant(entry) => {
-                let value = {
-                    let _scope = Scope::enter(self.id(), Access::Exclusive);
-                    f()
-                };
-                entry.insert((key, value.clone()));
-                value
-            }
+        if let Some(i) = map.find(hash, |k| *k == key) {
+            return map.value(i).clone();
         }
+        let value = {
+            let _scope = Scope::enter(self.id(), Access::Exclusive);
+            f()
+        };
+        map.insert_new(hash, key, value.clone());
+        value
     }
 
     /// Keeps only the entries for which `f` returns `true`, one shard at a
@@ -372,7 +455,7 @@ where
             let mut panicked = None;
             {
                 let _scope = Scope::enter(self.id(), Access::Exclusive);
-                map.retain(|(k, v)| {
+                map.retain(|k, v| {
                     if panicked.is_some() {
                         return true;
                     }
