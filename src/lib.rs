@@ -23,3 +23,8 @@ mod thread_index;
 
 pub use router_table::RouterTable;
 pub use sharded_rwlock::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
+
+/// The README's tour, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
