@@ -4,6 +4,9 @@
 //!   reading thread's own cache line.
 //! * [`RouterTable`]: a sharded concurrent hash map built on it, for maps
 //!   such as socket address → peer, where reads vastly outnumber writes.
+//! * [`PathLock`]: hierarchical read/write locks on paths of string segments
+//!   (a lock covers its subtree), with atomic lock sets, exact FIFO fairness
+//!   among conflicting requests, and blocking, try, timeout and async forms.
 //!
 //! Every atomic protocol is described at the top of its module and
 //! model-checked with loom (see `loom-tests/`).
@@ -14,6 +17,7 @@
 )]
 
 mod linear_map;
+mod path_lock;
 mod raw_rwlock;
 mod reentrancy;
 mod router_table;
@@ -21,6 +25,7 @@ mod sharded_rwlock;
 mod sync;
 mod thread_index;
 
+pub use path_lock::{LockError, LockSet, Mode, OwnedPathGuard, PathGuard, PathLock, PathLockStats};
 pub use router_table::RouterTable;
 pub use sharded_rwlock::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
 

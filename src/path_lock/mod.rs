@@ -1,0 +1,776 @@
+//! [`PathLock`]: hierarchical read/write locks on paths of string segments.
+//!
+//! # Model
+//!
+//! A request is a non-empty set of (mode, path) resources. Two requests
+//! conflict iff some pair of their resources has one path a prefix of (or
+//! equal to) the other and at least one `Write`. **Grant rule:** a request is
+//! granted as soon as it conflicts neither with a held request nor with an
+//! *earlier* waiting one, earlier meaning a smaller id. Ids come from one
+//! counter, so they are strictly increasing in request order.
+//!
+//! # The lock tree
+//!
+//! Paths map onto multi-granularity locking: `Read(p)` takes IS on every
+//! proper prefix of `p` and S on `p`, `Write(p)` IX and X; a request touching a
+//! node twice takes the join (S ⊔ IX = SIX). Requests conflict exactly when,
+//! on some node, their modes are incompatible. Each node has one `AtomicU64`:
+//!
+//! | bits   | field                                              |
+//! |--------|----------------------------------------------------|
+//! | 0..48  | held counts of IS, IX, S, X (12 bits each)          |
+//! | 48..52 | waiting flags: some queued request wants IS/IX/S/X  |
+//!
+//! A node exists in the tree's table while it is held, waited on or idle in
+//! the bounded idle cache; the root is a field. Nodes are created on demand
+//! and swept (under the table's shard write locks, which every node access
+//! excludes) only when idle, i.e. state 0.
+//!
+//! # Transitions
+//!
+//! * **Fast path (no global lock).** For each node of the request in order,
+//!   CAS in its mode unless a conflicting mode is *held or flagged waiting*.
+//!   On failure, undo and take the slow path (or fail a `try_lock`). When all
+//!   nodes are in, take the id (`fetch_add`), then re-read every node's
+//!   flags. A conflicting flag means a waiter appeared meanwhile: under the
+//!   mutex, if a waiter with a smaller id conflicts, back out and queue with
+//!   the id already taken; otherwise the request stands.
+//! * **Slow path (the mutex).** Count the request in per node and mode, set
+//!   the flags that became non-zero, *then* take the id (unless it has one),
+//!   insert it into the queue and run a grant pass.
+//! * **Grant pass (the mutex).** In id order, a waiter that conflicts with no
+//!   earlier still-waiting one is granted if every node admits its mode
+//!   against the *held* counts (CAS, rolled back if one refuses): its counts
+//!   move from flags to held, it is marked granted and woken.
+//! * **Release.** `fetch_sub` each node's counts. If any state had a flag
+//!   set, run a grant pass, so whatever became grantable is granted inside the
+//!   release (hand-off: a newcomer then sees it held and cannot barge in).
+//! * **Cancellation** (failed `try_lock`, timeout, dropped future): under the
+//!   mutex, remove the waiter and its flags (or release it if it was granted
+//!   meanwhile), then run a grant pass for whatever waited only behind it.
+//!
+//! # Why FIFO and hand-off hold (orderings)
+//!
+//! Every node RMW, the flag re-read and the id `fetch_add` are SeqCst, so all
+//! of them fall in one total order S. Let N be a fast-path request and W a
+//! waiter that conflict; they meet at some node c with incompatible modes.
+//! * If W's flag on c precedes N's CAS on c, N's CAS refuses: N queues.
+//! * Otherwise N's CAS precedes W's flag. If W's id is smaller, then W's flag
+//!   precedes W's id precedes N's id precedes N's re-read of c, so the re-read
+//!   sees the flag and N backs out behind W. If N's id is smaller, then N's CAS
+//!   precedes W's id precedes W's grant check, which sees N's count: W waits
+//!   for N, which is earlier. Either way no request passes an earlier
+//!   conflicting one.
+//!
+//! For hand-off, a waiter sets its flags before it checks held counts, and a
+//! release decrements before it reads the flags (in the same RMW, on the same
+//! word): so either the waiter's check sees the count gone, or the release
+//! sees the flag and runs a grant pass. Held counts are published by the
+//! Release half of the releasing RMW and taken by the Acquire half of the
+//! next CAS, which orders the critical sections of conflicting requests.
+//!
+//! Transient counts of a fast-path attempt that backs out can make another
+//! attempt fail or wait for that instant; a backed-out attempt that saw a flag
+//! runs a grant pass, so no waiter is stranded by one.
+//!
+//! # Model checking
+//!
+//! `loom-tests/tests/path_lock.rs`: reader vs writer on parent/child, two
+//! writers on siblings, a pending writer vs a new reader (FIFO), cancellation
+//! racing a release, and hand-off to a waiting set.
+
+mod lock_set;
+mod node;
+mod queue;
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+pub use lock_set::LockSet;
+pub use node::Mode;
+
+use crate::sync::{lock, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering::SeqCst};
+use crate::RouterTable;
+use lock_set::Plan;
+use node::{Node, NodeMode};
+use queue::{Queue, Status, Waiter};
+
+/// Idle nodes kept for reuse before a sweep removes them.
+const IDLE_NODES: usize = 1024;
+
+/// Why a lock request was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The [`LockSet`] had no resources.
+    EmptySet,
+    /// `try_lock`: a held or earlier waiting request conflicts.
+    WouldBlock,
+    /// `lock_timeout`: not granted in time (the request was withdrawn).
+    Timeout,
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockError::EmptySet => "lock set is empty",
+            LockError::WouldBlock => "lock would block",
+            LockError::Timeout => "lock timed out",
+        })
+    }
+}
+
+impl std::error::Error for LockError {}
+
+/// A snapshot of a [`PathLock`]'s state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathLockStats {
+    /// Requests holding their locks.
+    pub held: usize,
+    /// Requests waiting in the queue.
+    pub waiting: usize,
+    /// Tree nodes held or waited on (the root and idle cached nodes are not
+    /// counted).
+    pub nodes: usize,
+}
+
+/// A pointer to a node that stays valid while its owner holds or waits on
+/// it (the node's state is then non-zero, so no sweep removes it), or to the
+/// root, which lives as long as the lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodePtr(NonNull<Node>);
+
+// SAFETY: a `NodePtr` is only used to reach a `Node`, which is `Sync` (its
+// state is atomic), from whichever thread holds the request.
+unsafe impl Send for NodePtr {}
+// SAFETY: as above.
+unsafe impl Sync for NodePtr {}
+
+impl NodePtr {
+    fn new(node: &Node) -> Self {
+        NodePtr(NonNull::from(node))
+    }
+
+    /// # Safety
+    /// The node must be the root of a live lock, or one this request holds or
+    /// waits on (its counts or flags are in the node's state).
+    pub(crate) unsafe fn get(&self) -> &Node {
+        // SAFETY: per the contract, the node has not been swept or freed.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// A granted request: its id and the node modes it holds.
+struct Held {
+    id: u64,
+    nodes: Vec<(NodePtr, NodeMode)>,
+}
+
+/// What one attempt to take a request came to.
+enum Attempt<'q> {
+    Held(Held),
+    /// Queued with this id; the queue's guard is still held.
+    Queued(u64, MutexGuard<'q, Queue>),
+    WouldBlock,
+}
+
+/// Hierarchical read/write locks on paths, with atomic lock sets, exact FIFO
+/// fairness among conflicting requests, and blocking, try, timeout and async
+/// acquisition.
+///
+/// A lock on a path covers its subtree: `Write(["user"])` conflicts with
+/// `Read(["user", "alice"])`; `Read` locks never conflict with each other;
+/// writes to sibling paths proceed in parallel. The empty path is the whole
+/// tree. See the module source for the protocol.
+///
+/// ```
+/// use shardlock::{LockSet, PathLock};
+///
+/// let lock = PathLock::new();
+/// let alice = lock.write(["user", "department/IT", "alice"]);
+/// assert!(lock.try_read(["user", "department/IT", "bob"]).is_some()); // sibling
+/// assert!(lock.try_read(["user"]).is_none()); // covers alice's subtree
+/// drop(alice);
+///
+/// // ADD A B: write A and read B as one unit.
+/// let add = lock.lock(&LockSet::new().write(["reg", "A"]).read(["reg", "B"])).unwrap();
+/// assert!(lock.try_read(["reg"]).is_none());
+/// drop(add);
+/// assert!(lock.try_read(["reg"]).is_some());
+/// ```
+pub struct PathLock {
+    root: CachePadded<Node>,
+    nodes: RouterTable<Box<str>, Arc<Node>>,
+    next_id: CachePadded<AtomicU64>,
+    queue: Mutex<Queue>,
+    /// Wakes blocking waiters after a grant pass granted one.
+    granted: Condvar,
+    held: HeldCount,
+}
+
+impl Default for PathLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for PathLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathLock")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PathLock {
+    /// An empty lock tree.
+    pub fn new() -> Self {
+        PathLock {
+            root: CachePadded::new(Node::default()),
+            nodes: RouterTable::new(),
+            next_id: CachePadded::new(AtomicU64::new(1)),
+            queue: Mutex::new(Queue::default()),
+            granted: Condvar::new(),
+            held: HeldCount::new(),
+        }
+    }
+
+    /// Locks `path` for reading, blocking until granted.
+    pub fn read(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
+        self.lock(&LockSet::new().read(path))
+            .expect("a one-path set is never empty")
+    }
+
+    /// Locks `path` for writing, blocking until granted.
+    pub fn write(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
+        self.lock(&LockSet::new().write(path))
+            .expect("a one-path set is never empty")
+    }
+
+    /// Locks `path` for reading if that can be granted at once.
+    pub fn try_read(
+        &self,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Option<PathGuard<'_>> {
+        self.try_lock(&LockSet::new().read(path)).ok()
+    }
+
+    /// Locks `path` for writing if that can be granted at once.
+    pub fn try_write(
+        &self,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Option<PathGuard<'_>> {
+        self.try_lock(&LockSet::new().write(path)).ok()
+    }
+
+    /// Locks `path` for reading; the request's place in line is fixed when
+    /// the future is first polled.
+    pub fn read_async(
+        &self,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> impl Future<Output = PathGuard<'_>> + Send {
+        let plan = LockSet::new().read(path).plan();
+        async move {
+            let held = LockFuture::new(self, plan).await.expect("non-empty");
+            PathGuard { lock: self, held }
+        }
+    }
+
+    /// Locks `path` for writing; see [`read_async`](Self::read_async).
+    pub fn write_async(
+        &self,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> impl Future<Output = PathGuard<'_>> + Send {
+        let plan = LockSet::new().write(path).plan();
+        async move {
+            let held = LockFuture::new(self, plan).await.expect("non-empty");
+            PathGuard { lock: self, held }
+        }
+    }
+
+    /// Locks every resource of `set` as one unit, blocking until granted.
+    pub fn lock(&self, set: &LockSet) -> Result<PathGuard<'_>, LockError> {
+        let held = self.lock_blocking(set, None)?;
+        Ok(PathGuard { lock: self, held })
+    }
+
+    /// Locks `set` if it can be granted at once, else `WouldBlock` (and the
+    /// request leaves no trace).
+    pub fn try_lock(&self, set: &LockSet) -> Result<PathGuard<'_>, LockError> {
+        if set.is_empty() {
+            return Err(LockError::EmptySet);
+        }
+        match self.attempt(set.plan(), false, None) {
+            Attempt::Held(held) => Ok(PathGuard { lock: self, held }),
+            Attempt::Queued(..) => unreachable!("try_lock never queues"),
+            Attempt::WouldBlock => Err(LockError::WouldBlock),
+        }
+    }
+
+    /// Locks `set`, waiting at most `timeout`; on `Timeout` the request is
+    /// withdrawn and leaves no trace.
+    pub fn lock_timeout(
+        &self,
+        set: &LockSet,
+        timeout: Duration,
+    ) -> Result<PathGuard<'_>, LockError> {
+        let held = self.lock_blocking(set, Some(Instant::now() + timeout))?;
+        Ok(PathGuard { lock: self, held })
+    }
+
+    /// Locks `set` asynchronously; the place in line is fixed at the first
+    /// poll, and dropping the future withdraws the request.
+    pub fn lock_async<'a>(
+        &'a self,
+        set: &'a LockSet,
+    ) -> impl Future<Output = Result<PathGuard<'a>, LockError>> + Send + 'a {
+        let future = LockFuture::new(self, set.plan());
+        async move {
+            let held = future.await?;
+            Ok(PathGuard { lock: self, held })
+        }
+    }
+
+    /// [`lock`](Self::lock), returning a guard that owns a handle to the lock.
+    pub fn lock_owned(self: &Arc<Self>, set: &LockSet) -> Result<OwnedPathGuard, LockError> {
+        let held = self.lock_blocking(set, None)?;
+        Ok(OwnedPathGuard {
+            lock: self.clone(),
+            held,
+        })
+    }
+
+    /// [`lock_async`](Self::lock_async), owning the set and a handle to the
+    /// lock, for servers that keep a lock across tasks.
+    pub fn lock_owned_async(
+        self: &Arc<Self>,
+        set: LockSet,
+    ) -> impl Future<Output = Result<OwnedPathGuard, LockError>> + Send + 'static {
+        let future = LockFuture::new(self.clone(), set.plan());
+        async move {
+            let lock = future.lock.clone();
+            let held = future.await?;
+            Ok(OwnedPathGuard { lock, held })
+        }
+    }
+
+    /// Counts of held and waiting requests and of live nodes.
+    pub fn stats(&self) -> PathLockStats {
+        let waiting = lock(&self.queue).waiting();
+        let mut nodes = 0;
+        self.nodes
+            .for_each(|_, node| nodes += usize::from(!node.is_idle()));
+        PathLockStats {
+            held: self.held.get(),
+            waiting,
+            nodes,
+        }
+    }
+
+    fn lock_blocking(&self, set: &LockSet, deadline: Option<Instant>) -> Result<Held, LockError> {
+        if set.is_empty() {
+            return Err(LockError::EmptySet);
+        }
+        let (id, mut queue) = match self.attempt(set.plan(), true, None) {
+            Attempt::Held(held) => return Ok(held),
+            Attempt::Queued(id, queue) => (id, queue),
+            Attempt::WouldBlock => unreachable!("blocking attempts queue"),
+        };
+        loop {
+            if let Some(held) = take_granted(&mut queue, id) {
+                return Ok(held);
+            }
+            queue = match deadline {
+                None => self.granted.wait(queue).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.cancel(&mut queue, id);
+                        return Err(LockError::Timeout);
+                    }
+                    let (queue, _) = self
+                        .granted
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(|p| p.into_inner());
+                    queue
+                }
+            };
+        }
+    }
+
+    /// The fast path, then (if `enqueue`) the slow path; see the module docs.
+    fn attempt(&self, plan: Plan, enqueue: bool, waker: Option<&std::task::Waker>) -> Attempt<'_> {
+        let mut nodes = Vec::with_capacity(plan.nodes.len());
+        for (key, mode) in &plan.nodes {
+            match self.acquire_fast(key, *mode) {
+                Some(node) => nodes.push((node, *mode)),
+                None => {
+                    if self.release_nodes(&nodes) {
+                        self.grant_pass(&mut lock(&self.queue));
+                    }
+                    return self.slow_path(plan, None, enqueue, waker);
+                }
+            }
+        }
+        let id = self.next_id.fetch_add(1, SeqCst);
+        // SAFETY: this request holds every node in `nodes`.
+        let flagged = nodes
+            .iter()
+            .any(|(n, m)| unsafe { n.get() }.waiter_conflicts(*m));
+        if flagged {
+            let queue = lock(&self.queue);
+            if queue.earlier_conflict(id, &plan) {
+                self.release_nodes(&nodes);
+                drop(queue);
+                return self.slow_path(plan, Some(id), enqueue, waker);
+            }
+        }
+        self.held.add(1);
+        Attempt::Held(Held { id, nodes })
+    }
+
+    fn slow_path(
+        &self,
+        plan: Plan,
+        id: Option<u64>,
+        enqueue: bool,
+        waker: Option<&std::task::Waker>,
+    ) -> Attempt<'_> {
+        let mut queue = lock(&self.queue);
+        if !enqueue {
+            // A failed try_lock: any transient counts it left are gone; let
+            // waiters that saw them move.
+            self.grant_pass(&mut queue);
+            return Attempt::WouldBlock;
+        }
+        let flags = queue.count_in(&plan);
+        let nodes = plan
+            .nodes
+            .iter()
+            .zip(flags)
+            .map(|((key, mode), flags)| (self.flag_node(key, flags), *mode))
+            .collect();
+        // Flags first, then the id: see "Why FIFO holds".
+        let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, SeqCst));
+        let waker = waker.cloned();
+        queue.waiters.insert(
+            id,
+            Waiter {
+                plan,
+                nodes,
+                status: Status::Waiting { waker },
+            },
+        );
+        self.grant_pass(&mut queue);
+        match take_granted(&mut queue, id) {
+            Some(held) => Attempt::Held(held),
+            None => Attempt::Queued(id, queue),
+        }
+    }
+
+    /// Takes `mode` on the node at `key` if nothing held or waiting there
+    /// conflicts; `None` if something does.
+    fn acquire_fast(&self, key: &str, mode: NodeMode) -> Option<NodePtr> {
+        if key.is_empty() {
+            return self
+                .root
+                .try_acquire(mode)
+                .then(|| NodePtr::new(&self.root));
+        }
+        loop {
+            // Under the table's shard read lock, so no sweep runs meanwhile.
+            let found = self.nodes.get_with(key, |node| {
+                node.try_acquire(mode).then(|| NodePtr::new(node))
+            });
+            match found {
+                Some(result) => return result,
+                None => self.create_node(key),
+            }
+        }
+    }
+
+    /// Sets `flags` on the node at `key` (creating it) and returns it.
+    /// Called with the queue locked.
+    fn flag_node(&self, key: &str, flags: u64) -> NodePtr {
+        if key.is_empty() {
+            self.root.set_flags(flags);
+            return NodePtr::new(&self.root);
+        }
+        loop {
+            // Flagged under the shard read lock, so it cannot be swept as idle
+            // in between. With no new flags, another waiter's flags (which
+            // only change under the queue lock, held here) keep it alive.
+            let found = self.nodes.get_with(key, |node| {
+                node.set_flags(flags);
+                NodePtr::new(node)
+            });
+            match found {
+                Some(node) => return node,
+                None => self.create_node(key),
+            }
+        }
+    }
+
+    fn create_node(&self, key: &str) {
+        self.nodes.get_or_insert_with(key.into(), Default::default);
+        if self.nodes.len() > IDLE_NODES {
+            // Sweep idle nodes; each shard's write lock excludes every access.
+            self.nodes.retain(|_, node| !node.is_idle());
+        }
+    }
+
+    /// Releases held node modes; returns whether any node had waiters.
+    fn release_nodes(&self, nodes: &[(NodePtr, NodeMode)]) -> bool {
+        nodes.iter().rev().fold(false, |waiters, (node, mode)| {
+            // SAFETY: the caller holds `mode` on `node` until this call.
+            unsafe { node.get() }.release(*mode) | waiters
+        })
+    }
+
+    fn release(&self, held: &Held) {
+        self.held.sub(1);
+        if self.release_nodes(&held.nodes) {
+            self.grant_pass(&mut lock(&self.queue));
+        }
+    }
+
+    /// Grants, in id order, every waiter that conflicts with no earlier
+    /// waiter and with nothing held; wakes them.
+    fn grant_pass(&self, queue: &mut Queue) {
+        let ids: Vec<u64> = queue.waiters.keys().copied().collect();
+        let mut blocked: Vec<u64> = Vec::new();
+        let mut woke_blocking = false;
+        for id in ids {
+            let waiter = &queue.waiters[&id];
+            if !matches!(waiter.status, Status::Waiting { .. }) {
+                continue;
+            }
+            let behind = blocked
+                .iter()
+                .any(|b| queue.waiters[b].plan.conflicts(&waiter.plan));
+            if behind || !self.try_grant(&waiter.nodes) {
+                blocked.push(id);
+                continue;
+            }
+            let mut waiter = queue.waiters.remove(&id).expect("present");
+            queue.count_out(&waiter.plan, &waiter.nodes);
+            match std::mem::replace(&mut waiter.status, Status::Granted) {
+                Status::Waiting { waker: Some(waker) } => waker.wake(),
+                _ => woke_blocking = true,
+            }
+            self.held.add(1);
+            queue.waiters.insert(id, waiter);
+        }
+        if woke_blocking {
+            self.granted.notify_all();
+        }
+    }
+
+    /// Moves `nodes`' modes into the held counts, all or none.
+    fn try_grant(&self, nodes: &[(NodePtr, NodeMode)]) -> bool {
+        for (i, (node, mode)) in nodes.iter().enumerate() {
+            // SAFETY: the waiter's flags keep its nodes alive.
+            if !unsafe { node.get() }.try_grant(*mode) {
+                self.release_nodes(&nodes[..i]);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Withdraws request `id`, granted or not, and lets others move.
+    fn cancel(&self, queue: &mut Queue, id: u64) {
+        let Some(waiter) = queue.waiters.remove(&id) else {
+            return;
+        };
+        match waiter.status {
+            Status::Granted => {
+                self.held.sub(1);
+                self.release_nodes(&waiter.nodes);
+            }
+            Status::Waiting { .. } => queue.count_out(&waiter.plan, &waiter.nodes),
+        }
+        self.grant_pass(queue);
+    }
+}
+
+/// Removes and returns request `id` if it has been granted.
+fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {
+    if !matches!(queue.waiters.get(&id)?.status, Status::Granted) {
+        return None;
+    }
+    let waiter = queue.waiters.remove(&id).expect("present");
+    Some(Held {
+        id,
+        nodes: waiter.nodes,
+    })
+}
+
+/// The number of held requests, as per-thread-slot counters so that taking
+/// and releasing locks on different threads write different lines.
+struct HeldCount(Box<[CachePadded<AtomicUsize>]>);
+
+impl HeldCount {
+    fn new() -> Self {
+        HeldCount(
+            (0..16)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
+        )
+    }
+
+    fn slot(&self) -> &AtomicUsize {
+        &self.0[crate::thread_index::current() % self.0.len()]
+    }
+
+    fn add(&self, n: usize) {
+        self.slot().fetch_add(n, SeqCst);
+    }
+
+    fn sub(&self, n: usize) {
+        self.slot().fetch_sub(n, SeqCst);
+    }
+
+    fn get(&self) -> usize {
+        self.0
+            .iter()
+            .fold(0usize, |sum, n| sum.wrapping_add(n.load(SeqCst)))
+    }
+}
+
+/// A future for one request; withdraws it if dropped before completion.
+struct LockFuture<L: Deref<Target = PathLock>> {
+    lock: L,
+    plan: Option<Plan>,
+    /// The id once queued.
+    queued: Option<u64>,
+}
+
+impl<L: Deref<Target = PathLock>> LockFuture<L> {
+    fn new(lock: L, plan: Plan) -> Self {
+        LockFuture {
+            lock,
+            plan: Some(plan),
+            queued: None,
+        }
+    }
+}
+
+impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
+    type Output = Result<Held, LockError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(id) = this.queued {
+            let mut queue = lock(&this.lock.queue);
+            if let Some(held) = take_granted(&mut queue, id) {
+                drop(queue);
+                this.queued = None;
+                return Poll::Ready(Ok(held));
+            }
+            if let Some(Waiter {
+                status: Status::Waiting { waker },
+                ..
+            }) = queue.waiters.get_mut(&id)
+            {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+            }
+            return Poll::Pending;
+        }
+        let Some(plan) = this.plan.take() else {
+            panic!("LockFuture polled after completion");
+        };
+        if plan.resources.is_empty() {
+            return Poll::Ready(Err(LockError::EmptySet));
+        }
+        match this.lock.attempt(plan, true, Some(cx.waker())) {
+            Attempt::Held(held) => Poll::Ready(Ok(held)),
+            Attempt::Queued(id, queue) => {
+                drop(queue);
+                this.queued = Some(id);
+                Poll::Pending
+            }
+            Attempt::WouldBlock => unreachable!("futures queue"),
+        }
+    }
+}
+
+impl<L: Deref<Target = PathLock>> Drop for LockFuture<L> {
+    fn drop(&mut self) {
+        if let Some(id) = self.queued.take() {
+            let mut queue = lock(&self.lock.queue);
+            self.lock.cancel(&mut queue, id);
+        }
+    }
+}
+
+/// A granted request on a borrowed [`PathLock`]; dropping it releases.
+#[must_use = "the request is released as soon as the guard is dropped"]
+pub struct PathGuard<'a> {
+    lock: &'a PathLock,
+    held: Held,
+}
+
+impl PathGuard<'_> {
+    /// The request's fencing id: strictly increasing in request order.
+    pub fn id(&self) -> u64 {
+        self.held.id
+    }
+}
+
+impl Drop for PathGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.release(&self.held);
+    }
+}
+
+impl fmt::Debug for PathGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathGuard")
+            .field("id", &self.held.id)
+            .finish()
+    }
+}
+
+/// A granted request owning a handle to its [`PathLock`] (`'static`);
+/// dropping it releases.
+#[must_use = "the request is released as soon as the guard is dropped"]
+pub struct OwnedPathGuard {
+    lock: Arc<PathLock>,
+    held: Held,
+}
+
+impl OwnedPathGuard {
+    /// The request's fencing id: strictly increasing in request order.
+    pub fn id(&self) -> u64 {
+        self.held.id
+    }
+}
+
+impl Drop for OwnedPathGuard {
+    fn drop(&mut self) {
+        self.lock.release(&self.held);
+    }
+}
+
+impl fmt::Debug for OwnedPathGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPathGuard")
+            .field("id", &self.held.id)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
