@@ -105,6 +105,7 @@ impl<K, V> LinearMap<K, V> {
 
     /// The byte offsets of `hash`'s home tag and home slot, given a mask
     /// from [`Self::home`].
+    #[cfg_attr(any(loom, miri, not(target_arch = "x86_64")), allow(dead_code))]
     #[inline]
     pub(crate) fn home_offsets(hash: u64, mask: usize) -> (usize, usize) {
         let i = stored(hash).get() as usize & mask;

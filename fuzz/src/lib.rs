@@ -1,5 +1,7 @@
 //! Shared by the fuzz targets: RouterTable operations, applied both to the
 //! table and to a `std::collections::HashMap` model, with the results compared.
+pub mod grant_model;
+
 use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
