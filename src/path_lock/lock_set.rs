@@ -2,9 +2,6 @@
 //! lock makes of it: the nodes it touches with their joined modes, and the
 //! resources for the exact conflict test between requests.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-
 use super::node::{Mode, NodeMode};
 
 /// A set of (mode, path) resources, locked as one unit.
@@ -62,53 +59,117 @@ impl LockSet {
     }
 
     pub(crate) fn plan(&self) -> Plan {
-        let mut nodes: BTreeMap<String, NodeMode> = BTreeMap::new();
-        let mut resources = Vec::with_capacity(self.resources.len());
+        let mut plan = Plan::default();
         for (mode, path) in &self.resources {
-            // Each segment is written as `len:segment`, so the encoding of a
-            // path prefix is exactly a string prefix of the encoding.
-            let mut key = String::new();
-            for segment in path {
-                join(&mut nodes, &key, NodeMode::intention(*mode));
-                let _ = write!(key, "{}:{}", segment.len(), segment);
-            }
-            join(&mut nodes, &key, NodeMode::target(*mode));
-            resources.push((*mode, key));
+            plan.add(*mode, path);
         }
-        Plan {
-            nodes: nodes.into_iter().collect(),
-            resources,
-        }
+        plan.finish()
     }
 }
 
-fn join(nodes: &mut BTreeMap<String, NodeMode>, key: &str, mode: NodeMode) {
-    nodes
-        .entry(key.to_owned())
-        .and_modify(|m| *m = m.join(mode))
-        .or_insert(mode);
-}
-
-/// A request as the lock sees it.
-#[derive(Debug)]
+/// A request as the lock sees it: every node it touches with the join of its
+/// modes there, and its resources for the exact conflict test. All keys are
+/// spans of one buffer. A path's key writes each segment as `len:segment`,
+/// so the key of a path prefix is exactly a string prefix of the key.
+#[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// Every node touched (root = `""`), with the join of its modes there.
-    pub(crate) nodes: Vec<(String, NodeMode)>,
-    /// (mode, encoded path) of each resource.
-    pub(crate) resources: Vec<(Mode, String)>,
+    keys: String,
+    /// (key span, mode), one per node, root (the empty key) included.
+    nodes: Vec<(usize, usize, NodeMode)>,
+    /// (mode, key span) of each resource.
+    resources: Vec<(Mode, usize, usize)>,
 }
 
 impl Plan {
+    /// The plan of a one-resource request.
+    pub(crate) fn single(mode: Mode, path: impl IntoIterator<Item = impl AsRef<str>>) -> Plan {
+        let path = path.into_iter();
+        let depth = path.size_hint().0;
+        let mut plan = Plan {
+            keys: String::with_capacity(depth * 16),
+            nodes: Vec::with_capacity(depth + 1),
+            resources: Vec::with_capacity(1),
+        };
+        plan.add(mode, path);
+        plan
+    }
+
+    fn add(&mut self, mode: Mode, path: impl IntoIterator<Item = impl AsRef<str>>) {
+        let start = self.keys.len();
+        for segment in path {
+            self.nodes
+                .push((start, self.keys.len(), NodeMode::intention(mode)));
+            let segment = segment.as_ref();
+            push_decimal(&mut self.keys, segment.len());
+            self.keys.push(':');
+            self.keys.push_str(segment);
+        }
+        self.nodes
+            .push((start, self.keys.len(), NodeMode::target(mode)));
+        self.resources.push((mode, start, self.keys.len()));
+    }
+
+    /// Joins the modes of nodes that several resources touch.
+    fn finish(mut self) -> Plan {
+        if self.resources.len() > 1 {
+            let keys = std::mem::take(&mut self.keys);
+            let key = |&(s, e, _): &(usize, usize, NodeMode)| &keys[s..e];
+            self.nodes.sort_by(|a, b| key(a).cmp(key(b)));
+            self.nodes.dedup_by(|later, kept| {
+                let same = key(later) == key(kept);
+                if same {
+                    kept.2 = kept.2.join(later.2);
+                }
+                same
+            });
+            self.keys = keys;
+        }
+        self
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Every node touched: its key and the request's mode there.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (&str, NodeMode)> + '_ {
+        self.nodes.iter().map(|&(s, e, m)| (&self.keys[s..e], m))
+    }
+
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn resources(&self) -> impl Iterator<Item = (Mode, &str)> + '_ {
+        self.resources
+            .iter()
+            .map(|&(m, s, e)| (m, &self.keys[s..e]))
+    }
+
     /// Whether two requests conflict: a pair of resources where one path is
     /// a prefix of (or equal to) the other and one of them writes.
     pub(crate) fn conflicts(&self, other: &Plan) -> bool {
-        self.resources.iter().any(|(m1, p1)| {
-            other.resources.iter().any(|(m2, p2)| {
-                (*m1 == Mode::Write || *m2 == Mode::Write)
-                    && (p1.starts_with(p2.as_str()) || p2.starts_with(p1.as_str()))
+        self.resources().any(|(m1, p1)| {
+            other.resources().any(|(m2, p2)| {
+                (m1 == Mode::Write || m2 == Mode::Write)
+                    && (p1.starts_with(p2) || p2.starts_with(p1))
             })
         })
     }
+}
+
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 #[cfg(all(test, not(loom)))]
@@ -133,9 +194,16 @@ mod tests {
     }
 
     #[test]
+    fn long_segments_encode_their_length() {
+        let p = plan(LockSet::new().read(["x".repeat(123)]));
+        let (key, _) = p.nodes().last().unwrap();
+        assert_eq!(key, format!("123:{}", "x".repeat(123)));
+    }
+
+    #[test]
     fn redundant_resources_join_per_node() {
         let p = plan(LockSet::new().write(["user"]).read(["user", "x"]));
-        let modes: Vec<_> = p.nodes.iter().map(|(k, m)| (k.as_str(), *m)).collect();
+        let modes: Vec<_> = p.nodes().collect();
         assert_eq!(
             modes,
             [

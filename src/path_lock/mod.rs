@@ -250,14 +250,20 @@ impl PathLock {
 
     /// Locks `path` for reading, blocking until granted.
     pub fn read(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
-        self.lock(&LockSet::new().read(path))
-            .expect("a one-path set is never empty")
+        let held = self.lock_plan(Plan::single(Mode::Read, path), None);
+        PathGuard {
+            lock: self,
+            held: held.expect("no deadline"),
+        }
     }
 
     /// Locks `path` for writing, blocking until granted.
     pub fn write(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
-        self.lock(&LockSet::new().write(path))
-            .expect("a one-path set is never empty")
+        let held = self.lock_plan(Plan::single(Mode::Write, path), None);
+        PathGuard {
+            lock: self,
+            held: held.expect("no deadline"),
+        }
     }
 
     /// Locks `path` for reading if that can be granted at once.
@@ -282,7 +288,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> impl Future<Output = PathGuard<'_>> + Send {
-        let plan = LockSet::new().read(path).plan();
+        let plan = Plan::single(Mode::Read, path);
         async move {
             let held = LockFuture::new(self, plan).await.expect("non-empty");
             PathGuard { lock: self, held }
@@ -294,7 +300,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> impl Future<Output = PathGuard<'_>> + Send {
-        let plan = LockSet::new().write(path).plan();
+        let plan = Plan::single(Mode::Write, path);
         async move {
             let held = LockFuture::new(self, plan).await.expect("non-empty");
             PathGuard { lock: self, held }
@@ -310,10 +316,14 @@ impl PathLock {
     /// Locks `set` if it can be granted at once, else `WouldBlock` (and the
     /// request leaves no trace).
     pub fn try_lock(&self, set: &LockSet) -> Result<PathGuard<'_>, LockError> {
-        if set.is_empty() {
+        self.try_plan(set.plan())
+    }
+
+    fn try_plan(&self, plan: Plan) -> Result<PathGuard<'_>, LockError> {
+        if plan.is_empty() {
             return Err(LockError::EmptySet);
         }
-        match self.attempt(set.plan(), false, None) {
+        match self.attempt(plan, false, None) {
             Attempt::Held(held) => Ok(PathGuard { lock: self, held }),
             Attempt::Queued(..) => unreachable!("try_lock never queues"),
             Attempt::WouldBlock => Err(LockError::WouldBlock),
@@ -381,10 +391,14 @@ impl PathLock {
     }
 
     fn lock_blocking(&self, set: &LockSet, deadline: Option<Instant>) -> Result<Held, LockError> {
-        if set.is_empty() {
+        self.lock_plan(set.plan(), deadline)
+    }
+
+    fn lock_plan(&self, plan: Plan, deadline: Option<Instant>) -> Result<Held, LockError> {
+        if plan.is_empty() {
             return Err(LockError::EmptySet);
         }
-        let (id, mut queue) = match self.attempt(set.plan(), true, None) {
+        let (id, mut queue) = match self.attempt(plan, true, None) {
             Attempt::Held(held) => return Ok(held),
             Attempt::Queued(id, queue) => (id, queue),
             Attempt::WouldBlock => unreachable!("blocking attempts queue"),
@@ -413,17 +427,18 @@ impl PathLock {
 
     /// The fast path, then (if `enqueue`) the slow path; see the module docs.
     fn attempt(&self, plan: Plan, enqueue: bool, waker: Option<&std::task::Waker>) -> Attempt<'_> {
-        let mut nodes = Vec::with_capacity(plan.nodes.len());
-        for (key, mode) in &plan.nodes {
-            match self.acquire_fast(key, *mode) {
-                Some(node) => nodes.push((node, *mode)),
-                None => {
-                    if self.release_nodes(&nodes) {
-                        self.grant_pass(&mut lock(&self.queue));
-                    }
-                    return self.slow_path(plan, None, enqueue, waker);
-                }
+        let mut nodes = Vec::with_capacity(plan.node_count());
+        for (key, mode) in plan.nodes() {
+            match self.acquire_fast(key, mode) {
+                Some(node) => nodes.push((node, mode)),
+                None => break,
             }
+        }
+        if nodes.len() < plan.node_count() {
+            if self.release_nodes(&nodes) {
+                self.grant_pass(&mut lock(&self.queue));
+            }
+            return self.slow_path(plan, None, enqueue, waker);
         }
         let id = self.next_id.fetch_add(1, SeqCst);
         // SAFETY: this request holds every node in `nodes`.
@@ -458,10 +473,9 @@ impl PathLock {
         }
         let flags = queue.count_in(&plan);
         let nodes = plan
-            .nodes
-            .iter()
+            .nodes()
             .zip(flags)
-            .map(|((key, mode), flags)| (self.flag_node(key, flags), *mode))
+            .map(|((key, mode), flags)| (self.flag_node(key, flags), mode))
             .collect();
         // Flags first, then the id: see "Why FIFO holds".
         let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, SeqCst));
@@ -696,7 +710,7 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
         let Some(plan) = this.plan.take() else {
             panic!("LockFuture polled after completion");
         };
-        if plan.resources.is_empty() {
+        if plan.is_empty() {
             return Poll::Ready(Err(LockError::EmptySet));
         }
         match this.lock.attempt(plan, true, Some(cx.waker())) {

@@ -34,10 +34,9 @@ impl Queue {
     /// Counts `plan` as waiting; returns, per node, the waiting flags that
     /// just became set (to be set on the node).
     pub(crate) fn count_in(&mut self, plan: &Plan) -> Vec<u64> {
-        plan.nodes
-            .iter()
+        plan.nodes()
             .map(|(key, mode)| {
-                let counts = self.counts.entry(key.clone()).or_default();
+                let counts = self.counts.entry(key.to_owned()).or_default();
                 mode.component_indices()
                     .filter(|&c| {
                         counts[c] += 1;
@@ -51,7 +50,7 @@ impl Queue {
 
     /// Counts `waiter` out and clears the node flags no other waiter needs.
     pub(crate) fn count_out(&mut self, plan: &Plan, nodes: &[(NodePtr, NodeMode)]) {
-        for ((key, mode), (node, _)) in plan.nodes.iter().zip(nodes) {
+        for ((key, mode), (node, _)) in plan.nodes().zip(nodes) {
             let counts = self.counts.get_mut(key).expect("counted in");
             let cleared: u64 = mode
                 .component_indices()
