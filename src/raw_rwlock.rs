@@ -102,13 +102,18 @@ const SLOTS_PER_LINE: usize = 16;
 #[cfg(loom)]
 const SLOTS_PER_LINE: usize = 2;
 
-/// How many threads get a row of their own.
-fn default_rows() -> usize {
+/// How many threads get a row of their own (also the row count of
+/// [`crate::path_lock`]'s distributed intention counts).
+pub(crate) fn default_rows() -> usize {
     if cfg!(loom) {
         return 2;
     }
-    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-    (2 * cpus).clamp(4, 64)
+    // `available_parallelism` reads cgroup files: ask once.
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (2 * cpus).clamp(4, 64)
+    })
 }
 
 /// Per-thread reader counts for a set of locks (one column each).

@@ -103,8 +103,10 @@ use lock_set::Plan;
 use node::{Node, NodeMode};
 use queue::{Queue, Status, Waiter};
 
-/// Idle nodes kept for reuse before a sweep removes them.
-const IDLE_NODES: usize = 1024;
+/// Nodes (idle ones included) the tree may have before a sweep removes the
+/// idle ones. Deep nodes take ~200 bytes, so the idle cache stays under a
+/// few MiB.
+const IDLE_NODES: usize = 8192;
 
 /// Why a lock request was not granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +216,8 @@ pub struct PathLock {
     /// Wakes blocking waiters after a grant pass granted one.
     granted: Condvar,
     held: HeldCount,
+    /// Nodes in `nodes` (live and idle); changes only on creation and sweep.
+    node_count: AtomicUsize,
 }
 
 impl Default for PathLock {
@@ -245,6 +249,7 @@ impl PathLock {
             queue: Mutex::new(Queue::default()),
             granted: Condvar::new(),
             held: HeldCount::new(),
+            node_count: AtomicUsize::new(0),
         }
     }
 
@@ -499,21 +504,29 @@ impl PathLock {
     /// conflicts; `None` if something does.
     fn acquire_fast(&self, key: &str, mode: NodeMode) -> Option<NodePtr> {
         if key.is_empty() {
-            return self
-                .root
-                .try_acquire(mode)
-                .then(|| NodePtr::new(&self.root));
+            let (taken, waiters) = self.root.try_acquire(mode);
+            return self.fast_outcome(taken.then(|| NodePtr::new(&self.root)), waiters);
         }
         loop {
             // Under the table's shard read lock, so no sweep runs meanwhile.
             let found = self.nodes.get_with(key, |node| {
-                node.try_acquire(mode).then(|| NodePtr::new(node))
+                let (taken, waiters) = node.try_acquire(mode);
+                (taken.then(|| NodePtr::new(node)), waiters)
             });
             match found {
-                Some(result) => return result,
+                Some((node, waiters)) => return self.fast_outcome(node, waiters),
                 None => self.create_node(key),
             }
         }
+    }
+
+    fn fast_outcome(&self, node: Option<NodePtr>, waiters: bool) -> Option<NodePtr> {
+        if waiters {
+            // A failed attempt's transient counts may have turned a waiter
+            // away: let the queue look again.
+            self.grant_pass(&mut lock(&self.queue));
+        }
+        node
     }
 
     /// Sets `flags` on the node at `key` (creating it) and returns it.
@@ -539,10 +552,19 @@ impl PathLock {
     }
 
     fn create_node(&self, key: &str) {
-        self.nodes.get_or_insert_with(key.into(), Default::default);
-        if self.nodes.len() > IDLE_NODES {
+        self.nodes.get_or_insert_with(key.into(), || {
+            self.node_count.fetch_add(1, SeqCst);
+            Arc::new(Node::new(depth(key)))
+        });
+        if self.node_count.load(SeqCst) > IDLE_NODES {
             // Sweep idle nodes; each shard's write lock excludes every access.
-            self.nodes.retain(|_, node| !node.is_idle());
+            self.nodes.retain(|_, node| {
+                let idle = node.is_idle();
+                if idle {
+                    self.node_count.fetch_sub(1, SeqCst);
+                }
+                !idle
+            });
         }
     }
 
@@ -619,6 +641,17 @@ impl PathLock {
         }
         self.grant_pass(queue);
     }
+}
+
+/// The number of segments a node key encodes (`len:segment` each).
+fn depth(mut key: &str) -> usize {
+    let mut depth = 0;
+    while let Some((len, rest)) = key.split_once(':') {
+        let len: usize = len.parse().expect("keys are well formed");
+        key = &rest[len..];
+        depth += 1;
+    }
+    depth
 }
 
 /// Removes and returns request `id` if it has been granted.

@@ -1,7 +1,19 @@
-//! One node of the lock tree: a packed atomic state of held intention-mode
-//! counts and waiting flags (see the protocol in [`super`]).
+//! One node of the lock tree (see the protocol in [`super`]).
+//!
+//! The weak (intention) modes IS and IX, which every request takes on every
+//! ancestor of its paths, are counted per thread row: a thread adds to its
+//! own row with a plain store, so readers of different leaves under a common
+//! ancestor never write a shared line. The strong modes S and X, and the
+//! waiting flags, live in one shared word. A weak acquire stores to its row,
+//! fences, and reads the shared word; a strong acquire CASes the shared word,
+//! fences, and sums the rows. As in [`crate::raw_rwlock`], of two fences one
+//! is first in the SeqCst order, so of two conflicting acquirers at least one
+//! sees the other and backs out.
 
-use crate::sync::{AtomicU64, Ordering::SeqCst};
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{fence, AtomicU64, Ordering::SeqCst};
+use crate::thread_index;
 
 /// The mode a request locks a path in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,13 +35,14 @@ const IX: u8 = 2;
 const S: u8 = 4;
 const X: u8 = 8;
 
-/// State layout: four 12-bit held counts, then four waiting flags.
-const FIELD: u32 = 12;
-const FIELD_MAX: u64 = (1 << FIELD) - 1;
-const WAIT_SHIFT: u32 = 4 * FIELD;
+// The shared word: S count, X bit, then one waiting flag per component.
+const S_ONE: u64 = 1;
+const S_MASK: u64 = (1 << 20) - 1;
+const X_BIT: u64 = 1 << 20;
+const WAIT_SHIFT: u32 = 21;
 
-/// The most requests that may hold one node in one mode at once.
-pub(crate) const MAX_HOLDERS: u64 = FIELD_MAX;
+/// The most requests that may hold S on one node at once.
+pub(crate) const MAX_SHARED_HOLDERS: u64 = S_MASK;
 
 impl NodeMode {
     /// The mode on the resource's own node.
@@ -54,50 +67,37 @@ impl NodeMode {
         })
     }
 
-    /// The component modes, as indices 0..4 (IS, IX, S, X).
-    fn components(self) -> impl Iterator<Item = u32> {
-        (0..4).filter(move |c| self.0 & (1 << c) != 0)
+    fn has(self, component: u8) -> bool {
+        self.0 & component != 0
     }
 
-    /// What it adds to a state's held counts.
-    fn delta(self) -> u64 {
-        self.components().map(|c| 1 << (c * FIELD)).sum()
-    }
-
-    /// The component modes (as bits IS=1, IX=2, S=4, X=8) it conflicts with.
+    /// The component modes it conflicts with (as IS/IX/S/X bits).
     fn conflicting(self) -> u8 {
-        self.components()
-            .map(|c| match 1 << c {
-                IS => X,
-                IX => S | X,
-                S => IX | X,
-                _ => IS | IX | S | X,
-            })
-            .fold(0, |a, b| a | b)
+        [(IS, X), (IX, S | X), (S, IX | X), (X, IS | IX | S | X)]
+            .iter()
+            .filter(|(c, _)| self.has(*c))
+            .fold(0, |acc, (_, against)| acc | against)
     }
 
-    /// The held counts of the modes it conflicts with.
-    fn held_mask(self) -> u64 {
-        (0..4)
-            .filter(|c| self.conflicting() & (1 << c) != 0)
-            .map(|c| FIELD_MAX << (c * FIELD))
-            .sum()
+    /// Its strong part, as added to the shared word.
+    fn strong_delta(self) -> u64 {
+        (if self.has(S) { S_ONE } else { 0 }) + if self.has(X) { X_BIT } else { 0 }
     }
 
-    /// The waiting flags of the modes it conflicts with.
-    fn wait_mask(self) -> u64 {
-        u64::from(self.conflicting()) << WAIT_SHIFT
-    }
-
-    /// Its own waiting flags.
+    /// Its waiting flags.
     #[cfg(test)]
     pub(crate) fn wait_flags(self) -> u64 {
         u64::from(self.0) << WAIT_SHIFT
     }
 
-    /// Its components as indices (for per-mode waiter counts).
+    /// The waiting flags of the components it conflicts with.
+    fn wait_mask(self) -> u64 {
+        u64::from(self.conflicting()) << WAIT_SHIFT
+    }
+
+    /// Its components as indices 0..4 (for per-mode waiter counts).
     pub(crate) fn component_indices(self) -> impl Iterator<Item = usize> {
-        self.components().map(|c| c as usize)
+        (0..4).filter(move |c| self.0 & (1 << c) != 0)
     }
 
     /// The waiting flag of component `c`.
@@ -106,81 +106,170 @@ impl NodeMode {
     }
 }
 
+/// One thread row's IS and IX counts, wrapping: a guard may be released on
+/// another thread than the one that took it, so only sums are meaningful.
+type Row = CachePadded<[AtomicU64; 2]>;
+
 /// A lock-tree node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Node {
-    state: AtomicU64,
+    shared: CachePadded<AtomicU64>,
+    /// Rows `0..rows` belong to one thread index each; the last is shared by
+    /// the rest (updated with RMWs).
+    rows: Box<[Row]>,
 }
 
-/// Adds `mode`'s counts to `state`.
-///
-/// # Panics
-/// If a count would pass [`MAX_HOLDERS`].
-fn add(state: u64, mode: NodeMode) -> u64 {
-    for c in mode.components() {
-        if (state >> (c * FIELD)) & FIELD_MAX == FIELD_MAX {
-            panic!("shardlock: more than {MAX_HOLDERS} requests hold one path node in one mode");
-        }
+/// Nodes this deep or shallower (the root is 0) count intention modes per
+/// thread; deeper ones, far more numerous and far less shared, use one row.
+pub(crate) const DISTRIBUTED_DEPTH: usize = 2;
+
+impl Default for Node {
+    fn default() -> Self {
+        Node::new(0)
     }
-    state + mode.delta()
 }
 
 impl Node {
-    /// Takes `mode` if nothing held *or waiting* conflicts (the fast path).
-    pub(crate) fn try_acquire(&self, mode: NodeMode) -> bool {
-        self.acquire_unless(mode, mode.held_mask() | mode.wait_mask())
+    /// A node at `depth` segments below the root.
+    pub(crate) fn new(depth: usize) -> Self {
+        let rows = if depth <= DISTRIBUTED_DEPTH {
+            crate::raw_rwlock::default_rows() + 1
+        } else {
+            1
+        };
+        Node {
+            shared: CachePadded::new(AtomicU64::new(0)),
+            rows: (0..rows)
+                .map(|_| CachePadded::new([AtomicU64::new(0), AtomicU64::new(0)]))
+                .collect(),
+        }
     }
 
-    /// Takes `mode` if nothing *held* conflicts (a grant from the queue,
-    /// which has already ruled out earlier waiters).
-    pub(crate) fn try_grant(&self, mode: NodeMode) -> bool {
-        self.acquire_unless(mode, mode.held_mask())
+    /// Adds `delta` (wrapping) to this thread's IS (`0`) or IX (`1`) count.
+    fn add_weak(&self, which: usize, delta: u64) {
+        let me = thread_index::current();
+        let own = self.rows.len() - 1;
+        if me < own {
+            // Only this thread writes its row: no RMW needed.
+            let slot = &self.rows[me][which];
+            slot.store(slot.load(SeqCst).wrapping_add(delta), SeqCst);
+        } else {
+            self.rows[own][which].fetch_add(delta, SeqCst);
+        }
     }
 
-    fn acquire_unless(&self, mode: NodeMode, blockers: u64) -> bool {
-        let mut state = self.state.load(SeqCst);
-        loop {
-            if state & blockers != 0 {
-                return false;
-            }
-            match self
-                .state
-                .compare_exchange_weak(state, add(state, mode), SeqCst, SeqCst)
-            {
-                Ok(_) => return true,
-                Err(now) => state = now,
+    /// The summed IS and IX counts of every row in use.
+    fn weak_sums(&self) -> [u64; 2] {
+        let used = thread_index::high_water().min(self.rows.len() - 1);
+        let rows = self.rows[..used].iter().chain(self.rows.last());
+        rows.fold([0, 0], |[is, ix], row| {
+            [
+                is.wrapping_add(row[0].load(SeqCst)),
+                ix.wrapping_add(row[1].load(SeqCst)),
+            ]
+        })
+    }
+
+    fn add(&self, mode: NodeMode, sign: u64) {
+        for (which, component) in [(0, IS), (1, IX)] {
+            if mode.has(component) {
+                self.add_weak(which, sign);
             }
         }
     }
 
-    /// Drops `mode`; returns whether any waiting flag was set, in which case
+    /// Takes `mode` unless something held, or (with `respect_waiters`)
+    /// something waiting, conflicts. On failure nothing is left behind
+    /// except transient counts; returns `(taken, saw_waiters)`, where
+    /// `saw_waiters` asks the caller for a grant pass.
+    fn acquire(&self, mode: NodeMode, respect_waiters: bool) -> (bool, bool) {
+        let conflicting = mode.conflicting();
+        let strong_blockers = (if conflicting & S != 0 { S_MASK } else { 0 })
+            | if conflicting & X != 0 { X_BIT } else { 0 };
+        let wait_blockers = if respect_waiters { mode.wait_mask() } else { 0 };
+        let strong = mode.strong_delta();
+        if strong != 0 {
+            let mut state = self.shared.load(SeqCst);
+            loop {
+                if state & (strong_blockers | wait_blockers) != 0 {
+                    return (false, false);
+                }
+                if mode.has(S) && state & S_MASK == S_MASK {
+                    panic!(
+                        "shardlock: more than {MAX_SHARED_HOLDERS} requests read one path at once"
+                    );
+                }
+                match self
+                    .shared
+                    .compare_exchange_weak(state, state + strong, SeqCst, SeqCst)
+                {
+                    Ok(_) => break,
+                    Err(now) => state = now,
+                }
+            }
+        }
+        self.add(mode, 1);
+        fence(SeqCst);
+        let shared = self.shared.load(SeqCst) - strong; // others' strong holds
+        let weak_conflict =
+            (mode.has(IS) || mode.has(IX)) && shared & (strong_blockers | wait_blockers) != 0;
+        let strong_conflict = strong != 0 && {
+            let [is, ix] = self.weak_sums();
+            let ix = ix.wrapping_sub(u64::from(mode.has(IX))); // not our own SIX
+            (conflicting & IS != 0 && is != 0) || (conflicting & IX != 0 && ix != 0)
+        };
+        if weak_conflict || strong_conflict {
+            return (false, self.release(mode));
+        }
+        (true, false)
+    }
+
+    /// The fast path: takes `mode` if nothing held *or waiting* conflicts.
+    pub(crate) fn try_acquire(&self, mode: NodeMode) -> (bool, bool) {
+        self.acquire(mode, true)
+    }
+
+    /// A grant from the queue (which has ruled out earlier waiters): takes
+    /// `mode` if nothing *held* conflicts.
+    pub(crate) fn try_grant(&self, mode: NodeMode) -> bool {
+        self.acquire(mode, false).0
+    }
+
+    /// Drops `mode`; returns whether any waiting flag is set, in which case
     /// the caller must run a grant pass (the hand-off).
     pub(crate) fn release(&self, mode: NodeMode) -> bool {
-        let before = self.state.fetch_sub(mode.delta(), SeqCst);
-        debug_assert!(
-            mode.components()
-                .all(|c| (before >> (c * FIELD)) & FIELD_MAX >= 1),
-            "released a mode that was not held"
-        );
-        before >> WAIT_SHIFT != 0
+        self.add(mode, u64::MAX); // wrapping -1
+        let strong = mode.strong_delta();
+        if strong != 0 {
+            let before = self.shared.fetch_sub(strong, SeqCst);
+            debug_assert!(
+                before & strong == strong || mode.has(S),
+                "released an unheld mode"
+            );
+        }
+        // Pairs with a waiter's flag-then-check: one of us sees the other.
+        fence(SeqCst);
+        self.shared.load(SeqCst) >> WAIT_SHIFT != 0
     }
 
     /// Whether a request holding `mode` here conflicts with a waiting one.
     pub(crate) fn waiter_conflicts(&self, mode: NodeMode) -> bool {
-        self.state.load(SeqCst) & mode.wait_mask() != 0
+        self.shared.load(SeqCst) & mode.wait_mask() != 0
     }
 
     pub(crate) fn set_flags(&self, flags: u64) {
-        self.state.fetch_or(flags, SeqCst);
+        self.shared.fetch_or(flags, SeqCst);
     }
 
     pub(crate) fn clear_flags(&self, flags: u64) {
-        self.state.fetch_and(!flags, SeqCst);
+        self.shared.fetch_and(!flags, SeqCst);
     }
 
-    /// Nothing held or waiting.
+    /// Nothing held or waiting. Exact when no acquire or release of this
+    /// node runs concurrently (sweeps hold the table's shard write lock,
+    /// which excludes acquires; a racing release only makes it conservative).
     pub(crate) fn is_idle(&self) -> bool {
-        self.state.load(SeqCst) == 0
+        self.shared.load(SeqCst) == 0 && self.weak_sums() == [0, 0]
     }
 }
 
@@ -213,12 +302,12 @@ mod tests {
         for (r, want) in modes.iter().zip(ok) {
             for (h, want) in modes.iter().zip(want) {
                 let node = Node::default();
-                assert!(node.try_acquire(*h));
-                assert_eq!(node.try_acquire(*r), want, "{r:?} vs held {h:?}");
-                // Waiting flags block the same way on the fast path only.
+                assert!(node.try_acquire(*h).0);
+                assert_eq!(node.try_acquire(*r).0, want, "{r:?} vs held {h:?}");
+                // Waiting flags block the same way, on the fast path only.
                 let node = Node::default();
                 node.set_flags(h.wait_flags());
-                assert_eq!(node.try_acquire(*r), want, "{r:?} vs waiting {h:?}");
+                assert_eq!(node.try_acquire(*r).0, want, "{r:?} vs waiting {h:?}");
                 let node = Node::default();
                 node.set_flags(h.wait_flags());
                 assert!(node.try_grant(*r), "grants ignore waiting flags");
@@ -227,15 +316,29 @@ mod tests {
     }
 
     #[test]
-    fn release_reports_waiters_and_restores_idle() {
+    fn failed_acquires_and_releases_restore_idle() {
         let node = Node::default();
-        assert!(node.try_acquire(NodeMode(S)));
-        assert!(!node.release(NodeMode(S)));
+        assert!(node.try_acquire(NodeMode(S | IX)).0);
+        assert!(!node.try_acquire(NodeMode(IX)).0);
+        assert!(!node.try_acquire(NodeMode(S)).0);
+        assert!(!node.release(NodeMode(S | IX)));
         assert!(node.is_idle());
-        assert!(node.try_acquire(NodeMode(IS)));
+        assert!(node.try_acquire(NodeMode(IS)).0);
         node.set_flags(NodeMode(X).wait_flags());
-        assert!(node.release(NodeMode(IS)));
+        assert!(node.release(NodeMode(IS)), "a release reports waiters");
         node.clear_flags(NodeMode(X).wait_flags());
         assert!(node.is_idle());
+    }
+
+    #[test]
+    fn a_hold_released_on_another_thread_balances() {
+        let node = std::sync::Arc::new(Node::default());
+        assert!(node.try_acquire(NodeMode(IS)).0);
+        let other = node.clone();
+        std::thread::spawn(move || other.release(NodeMode(IS)))
+            .join()
+            .unwrap();
+        assert!(node.is_idle());
+        assert!(node.try_acquire(NodeMode(X)).0);
     }
 }
