@@ -14,22 +14,34 @@
 //! Paths map onto multi-granularity locking: `Read(p)` takes IS on every
 //! proper prefix of `p` and S on `p`, `Write(p)` IX and X; a request touching a
 //! node twice takes the join (S ⊔ IX = SIX). Requests conflict exactly when,
-//! on some node, their modes are incompatible. Each node has one `AtomicU64`:
+//! on some node, their modes are incompatible. A node ([`node`]) has:
 //!
-//! | bits   | field                                              |
-//! |--------|----------------------------------------------------|
-//! | 0..48  | held counts of IS, IX, S, X (12 bits each)          |
-//! | 48..52 | waiting flags: some queued request wants IS/IX/S/X  |
+//! | where                         | what                                                |
+//! |-------------------------------|-----------------------------------------------------|
+//! | `shared: AtomicU64`, bits 0..20 | count of S holders (SIX counts here and in IX)     |
+//! | bit 20                        | X held                                              |
+//! | bits 21..25                   | waiting flags: some queued request wants IS/IX/S/X  |
+//! | `rows[t]: [AtomicU64; 2]`     | IS and IX counts added by thread row `t` (wrapping)  |
+//!
+//! The weak modes IS and IX are what every request takes on every ancestor,
+//! so they are counted per thread row (one padded line each) on the nodes
+//! within [`node::DISTRIBUTED_DEPTH`] of the root; deeper nodes have one row.
+//! A weak acquire stores to its own row, fences, and checks the shared word
+//! (X held, S held for IX, and conflicting waiting flags); a strong acquire
+//! CASes the shared word, fences, and sums the rows. Of two fences one is
+//! first in the SeqCst order, so of two conflicting acquirers one sees the
+//! other and backs out (as in [`crate::raw_rwlock`]).
 //!
 //! A node exists in the tree's table while it is held, waited on or idle in
-//! the bounded idle cache; the root is a field. Nodes are created on demand
-//! and swept (under the table's shard write locks, which every node access
-//! excludes) only when idle, i.e. state 0.
-//!
+//! the bounded idle cache (swept past 8192 nodes); the root is a field.
+//! Sweeps run under the table's shard write locks, and every acquire of a
+//! node runs under its shard read lock, so a node is only removed when idle.
+
 //! # Transitions
 //!
 //! * **Fast path (no global lock).** For each node of the request in order,
-//!   CAS in its mode unless a conflicting mode is *held or flagged waiting*.
+//!   take its mode (above) unless a conflicting mode is *held or flagged
+//!   waiting*.
 //!   On failure, undo and take the slow path (or fail a `try_lock`). When all
 //!   nodes are in, take the id (`fetch_add`), then re-read every node's
 //!   flags. A conflicting flag means a waiter appeared meanwhile: under the
@@ -42,8 +54,8 @@
 //!   earlier still-waiting one is granted if every node admits its mode
 //!   against the *held* counts (CAS, rolled back if one refuses): its counts
 //!   move from flags to held, it is marked granted and woken.
-//! * **Release.** `fetch_sub` each node's counts. If any state had a flag
-//!   set, run a grant pass, so whatever became grantable is granted inside the
+//! * **Release.** Take each node's counts back out, fence, and read its
+//!   flags. If any node had a flag set, run a grant pass, so whatever became grantable is granted inside the
 //!   release (hand-off: a newcomer then sees it held and cannot barge in).
 //! * **Cancellation** (failed `try_lock`, timeout, dropped future): under the
 //!   mutex, remove the waiter and its flags (or release it if it was granted
@@ -51,23 +63,25 @@
 //!
 //! # Why FIFO and hand-off hold (orderings)
 //!
-//! Every node RMW, the flag re-read and the id `fetch_add` are SeqCst, so all
-//! of them fall in one total order S. Let N be a fast-path request and W a
-//! waiter that conflict; they meet at some node c with incompatible modes.
-//! * If W's flag on c precedes N's CAS on c, N's CAS refuses: N queues.
-//! * Otherwise N's CAS precedes W's flag. If W's id is smaller, then W's flag
-//!   precedes W's id precedes N's id precedes N's re-read of c, so the re-read
-//!   sees the flag and N backs out behind W. If N's id is smaller, then N's CAS
-//!   precedes W's id precedes W's grant check, which sees N's count: W waits
-//!   for N, which is earlier. Either way no request passes an earlier
-//!   conflicting one.
+//! Every node access, the flag re-read and the id `fetch_add` are SeqCst
+//! (and each acquire fences after its own update), so all of them fall in
+//! one total order S. Let N be a fast-path request and W a waiter that
+//! conflict; they meet at some node c with incompatible modes.
+//! * If W's flag on c precedes N's check of c, N sees it: N queues.
+//! * Otherwise N's count on c precedes W's flag. If W's id is smaller, then
+//!   W's flag precedes W's id precedes N's id precedes N's re-read of c, so
+//!   the re-read sees the flag and N backs out behind W. If N's id is
+//!   smaller, then N's count precedes W's id precedes W's grant check, which
+//!   sees N's count: W waits for N, which is earlier. Either way no request
+//!   passes an earlier conflicting one.
 //!
-//! For hand-off, a waiter sets its flags before it checks held counts, and a
-//! release decrements before it reads the flags (in the same RMW, on the same
-//! word): so either the waiter's check sees the count gone, or the release
-//! sees the flag and runs a grant pass. Held counts are published by the
-//! Release half of the releasing RMW and taken by the Acquire half of the
-//! next CAS, which orders the critical sections of conflicting requests.
+//! For hand-off, a waiter sets its flags before its grant check, and a
+//! release takes its counts out, fences, then reads the flags: of the two,
+//! one comes first, so either the waiter's check sees the counts gone or the
+//! release sees the flag and runs a grant pass. A failed fast-path attempt
+//! that saw a flag also runs one, since its transient counts may have turned
+//! a waiter away. The SeqCst accesses (which include Release and Acquire)
+//! order the critical sections of conflicting requests.
 //!
 //! Transient counts of a fast-path attempt that backs out can make another
 //! attempt fail or wait for that instant; a backed-out attempt that saw a flag
@@ -319,7 +333,9 @@ impl PathLock {
     }
 
     /// Locks `set` if it can be granted at once, else `WouldBlock` (and the
-    /// request leaves no trace).
+    /// request leaves no trace). Under concurrency it can also fail against
+    /// the transient counts of another request's attempt that is itself
+    /// backing out at that instant.
     pub fn try_lock(&self, set: &LockSet) -> Result<PathGuard<'_>, LockError> {
         self.try_plan(set.plan())
     }
