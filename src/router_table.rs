@@ -134,6 +134,21 @@ fn default_shards() -> usize {
 ///   half-written value is ever visible; the panic then resumes.
 /// * Shards shrink when they fall below a quarter full, but never below the
 ///   capacity asked for at construction.
+/// * `Send` and `Sync` exactly when `RwLock<HashMap<K, V, S>>` would be:
+///   values are shared across threads (`Sync`) and moved between them (`Send`).
+///
+/// ```compile_fail
+/// fn sync<T: Sync>() {}
+/// sync::<shardlock::RouterTable<u8, std::cell::Cell<u8>>>(); // Cell is not Sync
+/// ```
+/// ```compile_fail
+/// fn send<T: Send>() {}
+/// send::<shardlock::RouterTable<std::rc::Rc<u8>, u8>>(); // Rc is not Send
+/// ```
+///
+/// # Panics
+/// Constructing or growing a table whose single shard would need more than
+/// 2^31 slots panics (use more shards).
 ///
 /// ```
 /// use shardlock::RouterTable;

@@ -104,6 +104,18 @@ impl<T> LockedCell<T> {
 /// their own; threads beyond that share one overflow slot, updated with RMWs.
 /// Guards are not `Send` (like std's).
 ///
+/// Guards stay on their thread, and the lock shares `T` only if `T: Sync`:
+///
+/// ```compile_fail
+/// let lock = shardlock::ShardedRwLock::new(1);
+/// let guard = lock.read();
+/// std::thread::scope(|s| { s.spawn(move || drop(guard)); }); // guards are not Send
+/// ```
+/// ```compile_fail
+/// fn sync<T: Sync>() {}
+/// sync::<shardlock::ShardedRwLock<std::cell::Cell<u8>>>();
+/// ```
+///
 /// ```
 /// use shardlock::ShardedRwLock;
 ///

@@ -207,6 +207,10 @@ enum Attempt<'q> {
 /// writes to sibling paths proceed in parallel. The empty path is the whole
 /// tree. See the module source for the protocol.
 ///
+/// # Panics
+/// Locking panics if more than 2^20 − 1 requests would hold `Read` on one
+/// path at once (the node's shared count), rather than corrupt the count.
+///
 /// ```
 /// use shardlock::{LockSet, PathLock};
 ///

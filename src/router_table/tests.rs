@@ -232,8 +232,8 @@ fn send_and_sync_exactly_when_sound() {
     is_send::<RouterTable<String, Vec<u8>>>();
     is_sync::<RouterTable<String, Vec<u8>>>();
     is_send::<RouterTable<u64, std::cell::Cell<u8>>>();
-    // `Rc` is neither, `Cell` is `Send` but not `Sync`: see the
-    // compile_fail doctests in the crate docs for the negative cases.
+    // The negative cases (`Rc` keys, `Cell` values) are compile_fail
+    // doctests on `RouterTable`.
 }
 
 #[cfg(feature = "serde")]
