@@ -273,20 +273,12 @@ impl PathLock {
 
     /// Locks `path` for reading, blocking until granted.
     pub fn read(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
-        let held = self.lock_plan(Plan::single(Mode::Read, path), None);
-        PathGuard {
-            lock: self,
-            held: held.expect("no deadline"),
-        }
+        self.lock_path(Mode::Read, path)
     }
 
     /// Locks `path` for writing, blocking until granted.
     pub fn write(&self, path: impl IntoIterator<Item = impl AsRef<str>>) -> PathGuard<'_> {
-        let held = self.lock_plan(Plan::single(Mode::Write, path), None);
-        PathGuard {
-            lock: self,
-            held: held.expect("no deadline"),
-        }
+        self.lock_path(Mode::Write, path)
     }
 
     /// Locks `path` for reading if that can be granted at once.
@@ -294,7 +286,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Option<PathGuard<'_>> {
-        self.try_lock(&LockSet::new().read(path)).ok()
+        self.try_plan(Plan::single(Mode::Read, path)).ok()
     }
 
     /// Locks `path` for writing if that can be granted at once.
@@ -302,7 +294,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Option<PathGuard<'_>> {
-        self.try_lock(&LockSet::new().write(path)).ok()
+        self.try_plan(Plan::single(Mode::Write, path)).ok()
     }
 
     /// Locks `path` for reading; the request's place in line is fixed when
@@ -311,11 +303,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> impl Future<Output = PathGuard<'_>> + Send {
-        let plan = Plan::single(Mode::Read, path);
-        async move {
-            let held = LockFuture::new(self, plan).await.expect("non-empty");
-            PathGuard { lock: self, held }
-        }
+        self.lock_path_async(Mode::Read, path)
     }
 
     /// Locks `path` for writing; see [`read_async`](Self::read_async).
@@ -323,9 +311,29 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> impl Future<Output = PathGuard<'_>> + Send {
-        let plan = Plan::single(Mode::Write, path);
+        self.lock_path_async(Mode::Write, path)
+    }
+
+    fn lock_path(
+        &self,
+        mode: Mode,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> PathGuard<'_> {
+        let held = self.lock_plan(Plan::single(mode, path), None);
+        PathGuard {
+            lock: self,
+            held: held.expect("a one-path request with no deadline is granted"),
+        }
+    }
+
+    fn lock_path_async(
+        &self,
+        mode: Mode,
+        path: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> impl Future<Output = PathGuard<'_>> + Send {
+        let future = LockFuture::new(self, Plan::single(mode, path));
         async move {
-            let held = LockFuture::new(self, plan).await.expect("non-empty");
+            let held = future.await.expect("a one-path request is never empty");
             PathGuard { lock: self, held }
         }
     }
