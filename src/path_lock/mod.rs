@@ -111,11 +111,11 @@ use crossbeam_utils::CachePadded;
 pub use lock_set::LockSet;
 pub use node::Mode;
 
-use crate::sync::{lock, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering::SeqCst};
+use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
 use crate::RouterTable;
 use lock_set::Plan;
 use node::{Node, NodeMode};
-use queue::{Queue, Status, Waiter};
+use queue::{Queue, QueueGuard, Status, Waiter};
 
 /// Nodes (idle ones included) the tree may have before a sweep removes the
 /// idle ones. Deep nodes take ~200 bytes, so the idle cache stays under a
@@ -194,7 +194,7 @@ struct Held {
 enum Attempt<'q> {
     Held(Held),
     /// Queued with this id; the queue's guard is still held.
-    Queued(u64, MutexGuard<'q, Queue>),
+    Queued(u64, QueueGuard<'q>),
     WouldBlock,
 }
 
@@ -412,7 +412,7 @@ impl PathLock {
 
     /// Counts of held and waiting requests and of live nodes.
     pub fn stats(&self) -> PathLockStats {
-        let waiting = lock(&self.queue).waiting();
+        let waiting = self.lock_queue().waiting();
         let mut nodes = 0;
         self.nodes
             .for_each(|_, node| nodes += usize::from(!node.is_idle()));
@@ -440,21 +440,18 @@ impl PathLock {
             if let Some(held) = take_granted(&mut queue, id) {
                 return Ok(held);
             }
-            queue = match deadline {
-                None => self.granted.wait(queue).unwrap_or_else(|p| p.into_inner()),
+            let timeout = match deadline {
+                None => None,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.cancel(&mut queue, id);
                         return Err(LockError::Timeout);
                     }
-                    let (queue, _) = self
-                        .granted
-                        .wait_timeout(queue, left)
-                        .unwrap_or_else(|p| p.into_inner());
-                    queue
+                    Some(left)
                 }
             };
+            queue = queue.wait(&self.queue, &self.granted, timeout);
         }
     }
 
@@ -469,7 +466,7 @@ impl PathLock {
         }
         if nodes.len() < plan.node_count() {
             if self.release_nodes(&nodes) {
-                self.grant_pass(&mut lock(&self.queue));
+                self.grant_pass(&mut self.lock_queue());
             }
             return self.slow_path(plan, None, enqueue, waker);
         }
@@ -479,7 +476,7 @@ impl PathLock {
             .iter()
             .any(|(n, m)| unsafe { n.get() }.waiter_conflicts(*m));
         if flagged {
-            let queue = lock(&self.queue);
+            let queue = self.lock_queue();
             if queue.earlier_conflict(id, &plan) {
                 self.release_nodes(&nodes);
                 drop(queue);
@@ -497,7 +494,7 @@ impl PathLock {
         enqueue: bool,
         waker: Option<&std::task::Waker>,
     ) -> Attempt<'_> {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.lock_queue();
         if !enqueue {
             // A failed try_lock: any transient counts it left are gone; let
             // waiters that saw them move.
@@ -552,7 +549,7 @@ impl PathLock {
         if waiters {
             // A failed attempt's transient counts may have turned a waiter
             // away: let the queue look again.
-            self.grant_pass(&mut lock(&self.queue));
+            self.grant_pass(&mut self.lock_queue());
         }
         node
     }
@@ -607,8 +604,12 @@ impl PathLock {
     fn release(&self, held: &Held) {
         self.held.sub(1);
         if self.release_nodes(&held.nodes) {
-            self.grant_pass(&mut lock(&self.queue));
+            self.grant_pass(&mut self.lock_queue());
         }
+    }
+
+    fn lock_queue(&self) -> QueueGuard<'_> {
+        QueueGuard::new(&self.queue)
     }
 
     /// Grants, in id order, every waiter that conflicts with no earlier
@@ -632,7 +633,7 @@ impl PathLock {
             let mut waiter = queue.waiters.remove(&id).expect("present");
             queue.count_out(&waiter.plan, &waiter.nodes);
             match std::mem::replace(&mut waiter.status, Status::Granted) {
-                Status::Waiting { waker: Some(waker) } => waker.wake(),
+                Status::Waiting { waker: Some(waker) } => queue.to_wake.push(waker),
                 _ => woke_blocking = true,
             }
             self.held.add(1);
@@ -750,7 +751,7 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(id) = this.queued {
-            let mut queue = lock(&this.lock.queue);
+            let mut queue = this.lock.lock_queue();
             if let Some(held) = take_granted(&mut queue, id) {
                 drop(queue);
                 this.queued = None;
@@ -789,7 +790,7 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
 impl<L: Deref<Target = PathLock>> Drop for LockFuture<L> {
     fn drop(&mut self) {
         if let Some(id) = self.queued.take() {
-            let mut queue = lock(&self.lock.queue);
+            let mut queue = self.lock.lock_queue();
             self.lock.cancel(&mut queue, id);
         }
     }

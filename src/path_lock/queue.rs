@@ -3,7 +3,11 @@
 //! 0 ↔ non-zero changes set and clear the nodes' waiting flags).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::{Deref, DerefMut};
 use std::task::Waker;
+use std::time::Duration;
+
+use crate::sync::{lock, Condvar, Mutex, MutexGuard};
 
 use super::lock_set::Plan;
 use super::node::NodeMode;
@@ -28,6 +32,67 @@ pub(crate) struct Queue {
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     /// Per node key: waiters per component mode (IS, IX, S, X).
     pub(crate) counts: HashMap<String, [u32; 4]>,
+    /// Wakers of waiters granted under the current lock; woken once it is
+    /// released (see [`QueueGuard`]).
+    pub(crate) to_wake: Vec<Waker>,
+}
+
+/// The locked queue. On drop it releases the lock and only then wakes the
+/// async waiters that were granted meanwhile: a waker may poll its future
+/// on the spot, which locks the queue again.
+pub(crate) struct QueueGuard<'a>(Option<MutexGuard<'a, Queue>>);
+
+impl<'a> QueueGuard<'a> {
+    pub(crate) fn new(queue: &'a Mutex<Queue>) -> Self {
+        QueueGuard(Some(lock(queue)))
+    }
+
+    /// Waits on `condvar` (up to `timeout`), after waking anyone pending.
+    pub(crate) fn wait(
+        mut self,
+        queue: &'a Mutex<Queue>,
+        condvar: &Condvar,
+        timeout: Option<Duration>,
+    ) -> Self {
+        if !self.to_wake.is_empty() {
+            drop(self); // wakes them; our own state is rechecked by the caller
+            return QueueGuard::new(queue);
+        }
+        let guard = self.0.take().expect("held until drop");
+        let guard = match timeout {
+            None => condvar.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                condvar
+                    .wait_timeout(guard, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        QueueGuard(Some(guard))
+    }
+}
+
+impl Deref for QueueGuard<'_> {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        self.0.as_ref().expect("held until drop")
+    }
+}
+
+impl DerefMut for QueueGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Queue {
+        self.0.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.0.take() {
+            let wakers = std::mem::take(&mut guard.to_wake);
+            drop(guard);
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
 }
 
 impl Queue {

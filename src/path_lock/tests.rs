@@ -272,3 +272,25 @@ fn node_depth_is_read_off_the_key() {
     assert_eq!(super::depth("4:user"), 1);
     assert_eq!(super::depth("3:a:b1:c"), 2, "segments may contain ':'");
 }
+
+#[test]
+fn wakers_run_after_the_queue_is_unlocked() {
+    // A waker that uses the lock (as an executor polling on the spot would)
+    // must not deadlock: wakers run once the queue's mutex is released.
+    struct Reentrant(Arc<PathLock>, AtomicUsize);
+    impl Wake for Reentrant {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.stats(); // locks the queue
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let lock = Arc::new(PathLock::new());
+    let writer = lock.lock_owned(&LockSet::new().write(["w"])).unwrap();
+    let reentrant = Arc::new(Reentrant(lock.clone(), AtomicUsize::new(0)));
+    let waker = Waker::from(reentrant.clone());
+    let mut reader = Box::pin(lock.lock_owned_async(LockSet::new().read(["w"])));
+    assert!(poll(&mut reader, &waker).is_pending());
+    drop(writer);
+    assert_eq!(reentrant.1.load(Ordering::SeqCst), 1);
+    assert!(poll(&mut reader, &waker).is_ready());
+}
