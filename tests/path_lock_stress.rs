@@ -138,3 +138,37 @@ fn random_sets_never_overlap_and_never_deadlock() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn sweeps_run_beside_locks_and_releases() {
+    // Far more distinct paths than the idle cache holds, so sweeps run while
+    // other threads acquire and release nodes.
+    let lock = Arc::new(PathLock::new());
+    let handles: Vec<_> = (0..3u64)
+        .map(|t| {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                let mut rng = Rng(0xDEAD_BEEF ^ (t + 1));
+                for _ in 0..30_000 {
+                    let leaf = rng.next(40_000).to_string();
+                    let group = (rng.next(8)).to_string();
+                    let guard = if rng.next(10) == 0 {
+                        lock.write(["tenant", group.as_str(), leaf.as_str()])
+                    } else {
+                        lock.read(["tenant", group.as_str(), leaf.as_str()])
+                    };
+                    drop(guard);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let stats = lock.stats();
+    assert_eq!(
+        (stats.held, stats.waiting, stats.nodes),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}

@@ -159,8 +159,9 @@ pub struct PathLockStats {
 }
 
 /// A pointer to a node that stays valid while its owner holds or waits on
-/// it (the node's state is then non-zero, so no sweep removes it), or to the
-/// root, which lives as long as the lock.
+/// it (the node is then not idle, so no sweep removes it), or to the root,
+/// which lives as long as the lock. Releases do not go through it: a release
+/// may be what makes the node idle (see `PathLock::release_nodes`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NodePtr(NonNull<Node>);
 
@@ -187,6 +188,8 @@ impl NodePtr {
 /// A granted request: its id and the node modes it holds.
 struct Held {
     id: u64,
+    /// Kept for the node keys: releases look nodes up again (see `release_nodes`).
+    plan: Plan,
     nodes: Vec<(NodePtr, NodeMode)>,
 }
 
@@ -465,7 +468,7 @@ impl PathLock {
             }
         }
         if nodes.len() < plan.node_count() {
-            if self.release_nodes(&nodes) {
+            if self.release_nodes(&plan, &nodes) {
                 self.grant_pass(&mut self.lock_queue());
             }
             return self.slow_path(plan, None, enqueue, waker);
@@ -478,13 +481,13 @@ impl PathLock {
         if flagged {
             let queue = self.lock_queue();
             if queue.earlier_conflict(id, &plan) {
-                self.release_nodes(&nodes);
+                self.release_nodes(&plan, &nodes);
                 drop(queue);
                 return self.slow_path(plan, Some(id), enqueue, waker);
             }
         }
         self.held.add(1);
-        Attempt::Held(Held { id, nodes })
+        Attempt::Held(Held { id, plan, nodes })
     }
 
     fn slow_path(
@@ -593,17 +596,30 @@ impl PathLock {
         }
     }
 
-    /// Releases held node modes; returns whether any node had waiters.
-    fn release_nodes(&self, nodes: &[(NodePtr, NodeMode)]) -> bool {
-        nodes.iter().rev().fold(false, |waiters, (node, mode)| {
-            // SAFETY: the caller holds `mode` on `node` until this call.
-            unsafe { node.get() }.release(*mode) | waiters
-        })
+    /// Releases the held modes of `plan`'s first `nodes.len()` nodes; returns
+    /// whether any node had waiters.
+    ///
+    /// A release can leave a node idle, and a sweep may then free it at once;
+    /// so each node (but the root) is released under its table shard's read
+    /// lock, which sweeps exclude, as acquires are.
+    fn release_nodes(&self, plan: &Plan, nodes: &[(NodePtr, NodeMode)]) -> bool {
+        plan.nodes()
+            .zip(nodes)
+            .fold(false, |waiters, ((key, _), &(_, mode))| {
+                let saw = if key.is_empty() {
+                    self.root.release(mode)
+                } else {
+                    self.nodes
+                        .get_with(key, |node| node.release(mode))
+                        .expect("a held node is not idle, so not swept")
+                };
+                saw | waiters
+            })
     }
 
     fn release(&self, held: &Held) {
         self.held.sub(1);
-        if self.release_nodes(&held.nodes) {
+        if self.release_nodes(&held.plan, &held.nodes) {
             self.grant_pass(&mut self.lock_queue());
         }
     }
@@ -647,9 +663,12 @@ impl PathLock {
     /// Moves `nodes`' modes into the held counts, all or none.
     fn try_grant(&self, nodes: &[(NodePtr, NodeMode)]) -> bool {
         for (i, (node, mode)) in nodes.iter().enumerate() {
-            // SAFETY: the waiter's flags keep its nodes alive.
+            // SAFETY: the waiter's flags keep its nodes alive (not idle).
             if !unsafe { node.get() }.try_grant(*mode) {
-                self.release_nodes(&nodes[..i]);
+                for (node, mode) in &nodes[..i] {
+                    // SAFETY: as above; the flags outlive this rollback.
+                    unsafe { node.get() }.release(*mode);
+                }
                 return false;
             }
         }
@@ -664,7 +683,7 @@ impl PathLock {
         match waiter.status {
             Status::Granted => {
                 self.held.sub(1);
-                self.release_nodes(&waiter.nodes);
+                self.release_nodes(&waiter.plan, &waiter.nodes);
             }
             Status::Waiting { .. } => queue.count_out(&waiter.plan, &waiter.nodes),
         }
@@ -691,6 +710,7 @@ fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {
     let waiter = queue.waiters.remove(&id).expect("present");
     Some(Held {
         id,
+        plan: waiter.plan,
         nodes: waiter.nodes,
     })
 }

@@ -236,7 +236,9 @@ impl Node {
     }
 
     /// Drops `mode`; returns whether any waiting flag is set, in which case
-    /// the caller must run a grant pass (the hand-off).
+    /// the caller must run a grant pass (the hand-off). The node may be idle
+    /// afterwards, so the caller must keep sweeps out (see
+    /// `PathLock::release_nodes`) until this returns.
     pub(crate) fn release(&self, mode: NodeMode) -> bool {
         self.add(mode, u64::MAX); // wrapping -1
         let strong = mode.strong_delta();
@@ -265,9 +267,8 @@ impl Node {
         self.shared.fetch_and(!flags, SeqCst);
     }
 
-    /// Nothing held or waiting. Exact when no acquire or release of this
-    /// node runs concurrently (sweeps hold the table's shard write lock,
-    /// which excludes acquires; a racing release only makes it conservative).
+    /// Nothing held or waiting. Exact under the table's shard write lock
+    /// (where sweeps call it), which excludes every acquire and release.
     pub(crate) fn is_idle(&self) -> bool {
         self.shared.load(SeqCst) == 0 && self.weak_sums() == [0, 0]
     }
