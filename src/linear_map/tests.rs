@@ -36,7 +36,8 @@ fn matches_a_hash_map_under_churn_with_colliding_hashes() {
     let mut map = LinearMap::with_capacity(0);
     let mut model = HashMap::new();
     let mut x = 12345u32;
-    for step in 0..3000u32 {
+    let steps = if cfg!(miri) { 600 } else { 3000 };
+    for step in 0..steps {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let k = (x >> 16) % 40;
         if x % 3 == 0 {
@@ -83,17 +84,19 @@ fn grows_shrinks_and_clears() {
         None,
         "empty table has no slots"
     );
-    for k in 0..1000 {
+    // Five distinct hashes make this quadratic: keep it small under miri.
+    let n = if cfg!(miri) { 150 } else { 1000 };
+    for k in 0..n {
         insert(&mut map, k, k);
     }
-    assert!(map.capacity() >= 1000);
-    for k in 0..990 {
+    assert!(map.capacity() >= n as usize);
+    for k in 0..n - 10 {
         let i = map.find(h(k), |x| *x == k).unwrap();
         map.remove_at(i);
     }
     map.shrink_to(0);
     assert!(map.capacity() < 100);
-    let model: HashMap<u32, u32> = (990..1000).map(|k| (k, k)).collect();
+    let model: HashMap<u32, u32> = (n - 10..n).map(|k| (k, k)).collect();
     check(&map, &model);
     map.clear();
     check(&map, &HashMap::new());

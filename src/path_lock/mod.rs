@@ -34,9 +34,11 @@
 //!
 //! A node exists in the tree's table while it is held, waited on or idle in
 //! the bounded idle cache (swept past 8192 nodes); the root is a field.
-//! Sweeps run under the table's shard write locks, and every acquire of a
-//! node runs under its shard read lock, so a node is only removed when idle.
-
+//! Sweeps run under the table's shard write locks, and every acquire and
+//! release of a node runs under its shard read lock, so a node is only
+//! removed when idle and never while a release that made it idle still
+//! touches it.
+//!
 //! # Transitions
 //!
 //! * **Fast path (no global lock).** For each node of the request in order,
@@ -55,8 +57,9 @@
 //!   against the *held* counts (CAS, rolled back if one refuses): its counts
 //!   move from flags to held, it is marked granted and woken.
 //! * **Release.** Take each node's counts back out, fence, and read its
-//!   flags. If any node had a flag set, run a grant pass, so whatever became grantable is granted inside the
-//!   release (hand-off: a newcomer then sees it held and cannot barge in).
+//!   flags. If any node had a flag set, run a grant pass, so whatever became
+//!   grantable is granted inside the release (hand-off: a newcomer then sees
+//!   it held and cannot barge in).
 //! * **Cancellation** (failed `try_lock`, timeout, dropped future): under the
 //!   mutex, remove the waiter and its flags (or release it if it was granted
 //!   meanwhile), then run a grant pass for whatever waited only behind it.
@@ -78,14 +81,11 @@
 //! For hand-off, a waiter sets its flags before its grant check, and a
 //! release takes its counts out, fences, then reads the flags: of the two,
 //! one comes first, so either the waiter's check sees the counts gone or the
-//! release sees the flag and runs a grant pass. A failed fast-path attempt
-//! that saw a flag also runs one, since its transient counts may have turned
-//! a waiter away. The SeqCst accesses (which include Release and Acquire)
-//! order the critical sections of conflicting requests.
-//!
-//! Transient counts of a fast-path attempt that backs out can make another
-//! attempt fail or wait for that instant; a backed-out attempt that saw a flag
-//! runs a grant pass, so no waiter is stranded by one.
+//! release sees the flag and runs a grant pass. The transient counts of a
+//! fast-path attempt that backs out can make another attempt fail or wait
+//! for that instant; a backed-out attempt that saw a flag runs a grant pass
+//! too, so no waiter is stranded by one. The SeqCst accesses (which include
+//! Release and Acquire) order the critical sections of conflicting requests.
 //!
 //! # Model checking
 //!
@@ -93,26 +93,27 @@
 //! writers on siblings, a pending writer vs a new reader (FIFO), cancellation
 //! racing a release, and hand-off to a waiting set.
 
+mod future;
+mod guard;
 mod lock_set;
 mod node;
 mod queue;
 
 use std::fmt;
 use std::future::Future;
-use std::ops::Deref;
-use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+pub use guard::{OwnedPathGuard, PathGuard};
 pub use lock_set::LockSet;
 pub use node::Mode;
 
 use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
 use crate::RouterTable;
+use future::LockFuture;
 use lock_set::Plan;
 use node::{Node, NodeMode};
 use queue::{Queue, QueueGuard, Status, Waiter};
@@ -186,7 +187,7 @@ impl NodePtr {
 }
 
 /// A granted request: its id and the node modes it holds.
-struct Held {
+pub(crate) struct Held {
     id: u64,
     /// Kept for the node keys: releases look nodes up again (see `release_nodes`).
     plan: Plan,
@@ -194,7 +195,7 @@ struct Held {
 }
 
 /// What one attempt to take a request came to.
-enum Attempt<'q> {
+pub(crate) enum Attempt<'q> {
     Held(Held),
     /// Queued with this id; the queue's guard is still held.
     Queued(u64, QueueGuard<'q>),
@@ -703,7 +704,7 @@ fn depth(mut key: &str) -> usize {
 }
 
 /// Removes and returns request `id` if it has been granted.
-fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {
+pub(crate) fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {
     if !matches!(queue.waiters.get(&id)?.status, Status::Granted) {
         return None;
     }
@@ -744,132 +745,6 @@ impl HeldCount {
         self.0
             .iter()
             .fold(0usize, |sum, n| sum.wrapping_add(n.load(SeqCst)))
-    }
-}
-
-/// A future for one request; withdraws it if dropped before completion.
-struct LockFuture<L: Deref<Target = PathLock>> {
-    lock: L,
-    plan: Option<Plan>,
-    /// The id once queued.
-    queued: Option<u64>,
-}
-
-impl<L: Deref<Target = PathLock>> LockFuture<L> {
-    fn new(lock: L, plan: Plan) -> Self {
-        LockFuture {
-            lock,
-            plan: Some(plan),
-            queued: None,
-        }
-    }
-}
-
-impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
-    type Output = Result<Held, LockError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if let Some(id) = this.queued {
-            let mut queue = this.lock.lock_queue();
-            if let Some(held) = take_granted(&mut queue, id) {
-                drop(queue);
-                this.queued = None;
-                return Poll::Ready(Ok(held));
-            }
-            if let Some(Waiter {
-                status: Status::Waiting { waker },
-                ..
-            }) = queue.waiters.get_mut(&id)
-            {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-            }
-            return Poll::Pending;
-        }
-        let Some(plan) = this.plan.take() else {
-            panic!("LockFuture polled after completion");
-        };
-        if plan.is_empty() {
-            return Poll::Ready(Err(LockError::EmptySet));
-        }
-        match this.lock.attempt(plan, true, Some(cx.waker())) {
-            Attempt::Held(held) => Poll::Ready(Ok(held)),
-            Attempt::Queued(id, queue) => {
-                drop(queue);
-                this.queued = Some(id);
-                Poll::Pending
-            }
-            Attempt::WouldBlock => unreachable!("futures queue"),
-        }
-    }
-}
-
-impl<L: Deref<Target = PathLock>> Drop for LockFuture<L> {
-    fn drop(&mut self) {
-        if let Some(id) = self.queued.take() {
-            let mut queue = self.lock.lock_queue();
-            self.lock.cancel(&mut queue, id);
-        }
-    }
-}
-
-/// A granted request on a borrowed [`PathLock`]; dropping it releases.
-#[must_use = "the request is released as soon as the guard is dropped"]
-pub struct PathGuard<'a> {
-    lock: &'a PathLock,
-    held: Held,
-}
-
-impl PathGuard<'_> {
-    /// The request's fencing id: strictly increasing in request order.
-    pub fn id(&self) -> u64 {
-        self.held.id
-    }
-}
-
-impl Drop for PathGuard<'_> {
-    fn drop(&mut self) {
-        self.lock.release(&self.held);
-    }
-}
-
-impl fmt::Debug for PathGuard<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PathGuard")
-            .field("id", &self.held.id)
-            .finish()
-    }
-}
-
-/// A granted request owning a handle to its [`PathLock`] (`'static`);
-/// dropping it releases.
-#[must_use = "the request is released as soon as the guard is dropped"]
-pub struct OwnedPathGuard {
-    lock: Arc<PathLock>,
-    held: Held,
-}
-
-impl OwnedPathGuard {
-    /// The request's fencing id: strictly increasing in request order.
-    pub fn id(&self) -> u64 {
-        self.held.id
-    }
-}
-
-impl Drop for OwnedPathGuard {
-    fn drop(&mut self) {
-        self.lock.release(&self.held);
-    }
-}
-
-impl fmt::Debug for OwnedPathGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedPathGuard")
-            .field("id", &self.held.id)
-            .finish()
     }
 }
 
