@@ -110,20 +110,59 @@ impl Plan {
     }
 
     /// Joins the modes of nodes that several resources touch.
+    ///
+    /// Sort the resources by key: a node two resources share is a common
+    /// prefix of their keys, hence of every key sorted between them, so each
+    /// resource only needs merging with its sorted predecessor's chain of
+    /// prefixes, down to their longest common prefix.
     fn finish(mut self) -> Plan {
-        if self.resources.len() > 1 {
-            let keys = std::mem::take(&mut self.keys);
-            let key = |&(s, e, _): &(usize, usize, NodeMode)| &keys[s..e];
-            self.nodes.sort_by(|a, b| key(a).cmp(key(b)));
-            self.nodes.dedup_by(|later, kept| {
-                let same = key(later) == key(kept);
-                if same {
-                    kept.2 = kept.2.join(later.2);
-                }
-                same
-            });
-            self.keys = keys;
+        if self.resources.len() < 2 {
+            return self;
         }
+        let key = |&(_, s, e): &(Mode, usize, usize)| &self.keys[s..e];
+        let mut order: Vec<usize> = (0..self.resources.len()).collect();
+        order.sort_by(|&a, &b| key(&self.resources[a]).cmp(key(&self.resources[b])));
+        // Each resource's nodes are a run of `self.nodes`: its root, then
+        // one per segment.
+        let mut runs = Vec::with_capacity(self.resources.len());
+        let mut at = 0;
+        for resource in &self.resources {
+            let len = depth(key(resource)) + 1;
+            runs.push(at..at + len);
+            at += len;
+        }
+        let mut merged: Vec<(usize, usize, NodeMode)> = Vec::with_capacity(self.nodes.len());
+        let mut chain: Vec<(usize, usize)> = Vec::new(); // (key length, index in `merged`)
+        let mut previous = "";
+        for &r in &order {
+            let this = key(&self.resources[r]);
+            let common = this
+                .bytes()
+                .zip(previous.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let mut next_chain = Vec::with_capacity(runs[r].len());
+            for &(s, e, mode) in &self.nodes[runs[r].clone()] {
+                let len = e - s;
+                match chain
+                    .iter()
+                    .find(|&&(l, _)| l == len)
+                    .filter(|_| len <= common)
+                {
+                    Some(&(_, i)) => {
+                        merged[i].2 = merged[i].2.join(mode);
+                        next_chain.push((len, i));
+                    }
+                    None => {
+                        next_chain.push((len, merged.len()));
+                        merged.push((s, e, mode));
+                    }
+                }
+            }
+            chain = next_chain;
+            previous = this;
+        }
+        self.nodes = merged;
         self
     }
 
@@ -156,6 +195,17 @@ impl Plan {
             })
         })
     }
+}
+
+/// The number of segments a key encodes (`len:segment` each).
+pub(crate) fn depth(mut key: &str) -> usize {
+    let mut depth = 0;
+    while let Some((len, rest)) = key.split_once(':') {
+        let len: usize = len.parse().expect("keys are well formed");
+        key = &rest[len..];
+        depth += 1;
+    }
+    depth
 }
 
 fn push_decimal(out: &mut String, mut n: usize) {
@@ -191,6 +241,51 @@ mod tests {
         let root = plan(LockSet::new().read(Vec::<String>::new()));
         assert!(root.conflicts(&d));
         assert!(!root.conflicts(&c), "reads never conflict");
+    }
+
+    #[test]
+    fn sets_join_every_shared_node_exactly_once() {
+        let p = plan(
+            LockSet::new()
+                .read(["a", "b", "c"])
+                .write(["x"])
+                .read(["a", "b"])
+                .write(["a", "z"])
+                .read(["a", "b", "c"]),
+        );
+        let mut keys: Vec<_> = p.nodes().map(|(k, _)| k.to_owned()).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "a node appears twice");
+        let mode = |k: &str| p.nodes().find(|(key, _)| *key == k).unwrap().1;
+        assert_eq!(mode(""), NodeMode::intention(Mode::Write)); // IS ⊔ IX
+        assert_eq!(mode("1:a"), NodeMode::intention(Mode::Write));
+        assert_eq!(mode("1:a1:b"), NodeMode::target(Mode::Read));
+        assert_eq!(mode("1:a1:b1:c"), NodeMode::target(Mode::Read));
+        assert_eq!(mode("1:x"), NodeMode::target(Mode::Write));
+        assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn a_root_resource_in_a_set_joins_too() {
+        let p = plan(
+            LockSet::new()
+                .read(Vec::<String>::new())
+                .write(["a"])
+                .read(Vec::<String>::new()),
+        );
+        let modes: Vec<_> = p.nodes().collect();
+        // The root: S (root reads) ⊔ IX (a's write) = SIX.
+        let six = NodeMode::target(Mode::Read).join(NodeMode::intention(Mode::Write));
+        assert_eq!(modes, [("", six), ("1:a", NodeMode::target(Mode::Write))]);
+    }
+
+    #[test]
+    fn node_depth_is_read_off_the_key() {
+        assert_eq!(depth(""), 0);
+        assert_eq!(depth("4:user"), 1);
+        assert_eq!(depth("3:a:b1:c"), 2, "segments may contain ':'");
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub use node::Mode;
 use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
 use crate::RouterTable;
 use future::LockFuture;
-use lock_set::Plan;
+use lock_set::{depth, Plan};
 use node::{Node, NodeMode};
 use queue::{Queue, QueueGuard, Status, Waiter};
 
@@ -690,17 +690,6 @@ impl PathLock {
         }
         self.grant_pass(queue);
     }
-}
-
-/// The number of segments a node key encodes (`len:segment` each).
-fn depth(mut key: &str) -> usize {
-    let mut depth = 0;
-    while let Some((len, rest)) = key.split_once(':') {
-        let len: usize = len.parse().expect("keys are well formed");
-        key = &rest[len..];
-        depth += 1;
-    }
-    depth
 }
 
 /// Removes and returns request `id` if it has been granted.

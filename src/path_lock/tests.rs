@@ -267,13 +267,6 @@ fn error_display() {
 }
 
 #[test]
-fn node_depth_is_read_off_the_key() {
-    assert_eq!(super::depth(""), 0);
-    assert_eq!(super::depth("4:user"), 1);
-    assert_eq!(super::depth("3:a:b1:c"), 2, "segments may contain ':'");
-}
-
-#[test]
 fn wakers_run_after_the_queue_is_unlocked() {
     // A waker that uses the lock (as an executor polling on the spot would)
     // must not deadlock: wakers run once the queue's mutex is released.
