@@ -12,7 +12,10 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{fence, AtomicU64, Ordering::SeqCst};
+use crate::sync::{
+    fence, AtomicU64,
+    Ordering::{Relaxed, Release, SeqCst},
+};
 use crate::thread_index;
 
 /// The mode a request locks a path in.
@@ -150,9 +153,12 @@ impl Node {
         let me = thread_index::current();
         let own = self.rows.len() - 1;
         if me < own {
-            // Only this thread writes its row: no RMW needed.
+            // Only this thread writes its row: no RMW needed. Release, so a
+            // releasing store follows the critical section; the SeqCst fence
+            // every caller issues next orders it before the caller's loads
+            // (a SeqCst store would be a locked `xchg` on x86).
             let slot = &self.rows[me][which];
-            slot.store(slot.load(SeqCst).wrapping_add(delta), SeqCst);
+            slot.store(slot.load(Relaxed).wrapping_add(delta), Release);
         } else {
             self.rows[own][which].fetch_add(delta, SeqCst);
         }
