@@ -33,7 +33,8 @@
 //! other and backs out (as in [`crate::raw_rwlock`]).
 //!
 //! A node exists in the tree's table while it is held, waited on or idle in
-//! the bounded idle cache (swept past 8192 nodes); the root is a field.
+//! the bounded idle cache (swept when a creation finds 8192 nodes, or twice
+//! as many as the last sweep left, whichever is more); the root is a field.
 //! Sweeps run under the table's shard write locks, and every acquire and
 //! release of a node runs under its shard read lock, so a node is only
 //! removed when idle and never while a release that made it idle still
@@ -120,8 +121,9 @@ use queue::{Queue, QueueGuard, Status, Waiter};
 
 /// Nodes (idle ones included) the tree may have before a sweep removes the
 /// idle ones. Deep nodes take ~200 bytes, so the idle cache stays under a
-/// few MiB.
-const IDLE_NODES: usize = 8192;
+/// few MiB. Under loom, 1: every node creation sweeps, so the models also
+/// explore sweeps racing acquires and releases.
+const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
 
 /// Why a lock request was not granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +242,8 @@ pub struct PathLock {
     held: HeldCount,
     /// Nodes in `nodes` (live and idle); changes only on creation and sweep.
     node_count: AtomicUsize,
+    /// The node count at which the next creation sweeps first.
+    sweep_at: AtomicUsize,
 }
 
 impl Default for PathLock {
@@ -272,6 +276,7 @@ impl PathLock {
             granted: Condvar::new(),
             held: HeldCount::new(),
             node_count: AtomicUsize::new(0),
+            sweep_at: AtomicUsize::new(IDLE_NODES),
         }
     }
 
@@ -581,12 +586,13 @@ impl PathLock {
     }
 
     fn create_node(&self, key: &str) {
-        self.nodes.get_or_insert_with(key.into(), || {
-            self.node_count.fetch_add(1, SeqCst);
-            Arc::new(Node::new(depth(key)))
-        });
-        if self.node_count.load(SeqCst) > IDLE_NODES {
-            // Sweep idle nodes; each shard's write lock excludes every access.
+        // Sweep *before* inserting, so a sweep never removes the node its own
+        // creator is about to take; and after a sweep, wait until the tree
+        // doubles (or reaches the bound) before the next one, so sweeps stay
+        // amortised even when most nodes are held. Both counters are only a
+        // heuristic: a race costs an extra or a late sweep, nothing more.
+        if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst) {
+            // Each shard's write lock excludes every acquire and release.
             self.nodes.retain(|_, node| {
                 let idle = node.is_idle();
                 if idle {
@@ -594,7 +600,13 @@ impl PathLock {
                 }
                 !idle
             });
+            let left = self.node_count.load(SeqCst);
+            self.sweep_at.store(IDLE_NODES.max(2 * left), SeqCst);
         }
+        self.nodes.get_or_insert_with(key.into(), || {
+            self.node_count.fetch_add(1, SeqCst);
+            Arc::new(Node::new(depth(key)))
+        });
     }
 
     /// Releases the held modes of `plan`'s first `nodes.len()` nodes; returns

@@ -287,3 +287,20 @@ fn wakers_run_after_the_queue_is_unlocked() {
     assert_eq!(reentrant.1.load(Ordering::SeqCst), 1);
     assert!(poll(&mut reader, &waker).is_ready());
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "holds over 8192 locks")]
+fn new_paths_still_lock_while_more_nodes_are_held_than_the_idle_bound() {
+    // With every tree node held, a sweep finds nothing idle but the node a
+    // creator has just inserted; it must not remove that one (which once
+    // made `create_node` and the sweep chase each other forever).
+    let lock = PathLock::new();
+    let held: Vec<_> = (0..super::IDLE_NODES + 100)
+        .map(|i| lock.read(["held", &i.to_string()]))
+        .collect();
+    let fresh = lock.write(["fresh", "path"]);
+    assert_eq!(lock.stats().held, held.len() + 1);
+    drop(fresh);
+    drop(held);
+    assert_eq!(lock.stats(), PathLockStats::default());
+}
