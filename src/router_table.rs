@@ -341,10 +341,7 @@ where
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
-        let hash = self.hash(key);
-        let map = self.read_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        Some(map.value(i).clone())
+        self.find_with(key, V::clone)
     }
 
     /// Calls `f` on the value at `key` under the shard's read lock.
@@ -355,11 +352,10 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let map = self.read_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        let _scope = Scope::enter(self.id(), Access::Shared);
-        Some(f(map.value(i)))
+        self.find_with(key, |value| {
+            let _scope = Scope::enter(self.id(), Access::Shared);
+            f(value)
+        })
     }
 
     /// Whether `key` is present.
@@ -369,9 +365,20 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.find_with(key, |_| ()).is_some()
+    }
+
+    /// Calls `f` on the value at `key` under the shard's read lock.
+    #[inline]
+    fn find_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let map = self.read_shard(self.shard_of(hash));
-        map.find(hash, |k| k.borrow() == key).is_some()
+        let i = map.find(hash, |k| k.borrow() == key)?;
+        Some(f(map.value(i)))
     }
 
     /// Changes the value at `key` in place; `None` if `key` is absent.
@@ -406,12 +413,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let mut map = self.write_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        let (_, value) = map.remove_at(i);
-        self.maybe_shrink(&mut map);
-        Some(value)
+        self.remove_entry(key, |_| true)
     }
 
     /// Removes `key` if `f` approves its value, returning the value.
@@ -421,14 +423,23 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.remove_entry(key, |value| {
+            let _scope = Scope::enter(self.id(), Access::Exclusive);
+            f(value)
+        })
+    }
+
+    /// Removes `key` if `approve` accepts its value; shrinks the shard if
+    /// that left it a quarter full.
+    fn remove_entry<Q>(&self, key: &Q, approve: impl FnOnce(&V) -> bool) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let mut map = self.write_shard(self.shard_of(hash));
         let i = map.find(hash, |k| k.borrow() == key)?;
-        let approved = {
-            let _scope = Scope::enter(self.id(), Access::Exclusive);
-            f(map.value(i))
-        };
-        if !approved {
+        if !approve(map.value(i)) {
             return None;
         }
         let (_, value) = map.remove_at(i);
