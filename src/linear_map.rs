@@ -58,6 +58,10 @@ fn slots_for(capacity: usize) -> usize {
 
 /// Invariant: `tags[i] != 0` exactly when `slots[i]` is `Some`, and then it
 /// is the tag of that bucket's hash.
+/// Where an absent key goes: the empty slot ending its probe sequence
+/// (`None` while the map has no slots). Valid until the map next changes.
+pub(crate) struct Vacant(Option<usize>);
+
 pub(crate) struct LinearMap<K, V> {
     tags: Box<[u8]>,
     slots: Box<[Option<Bucket<K, V>>]>,
@@ -115,22 +119,27 @@ impl<K, V> LinearMap<K, V> {
         )
     }
 
-    /// The slot holding a key that `eq` accepts (`Ok`), or the empty slot
-    /// that ends its probe sequence (`Err`). `None` if there are no slots.
+    /// The slot holding a key that `eq` accepts (`Ok`), or where that key
+    /// would go (`Err`): the empty slot that ends its probe sequence.
     #[inline]
-    fn probe(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<Result<usize, usize>> {
+    pub(crate) fn lookup(
+        &self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+    ) -> Result<usize, Vacant> {
         let (full, tag) = (stored(hash), tag(hash));
         let mask = self.mask();
         let mut i = full.get() as usize & mask;
         // The load factor keeps at least one slot empty, so this ends.
         loop {
-            match *self.tags.get(i)? {
-                0 => return Some(Err(i)),
-                t if t == tag => match &self.slots[i] {
-                    Some(b) if b.hash == full && eq(&b.key) => return Some(Ok(i)),
+            match self.tags.get(i) {
+                None => return Err(Vacant(None)), // no slots yet
+                Some(0) => return Err(Vacant(Some(i))),
+                Some(&t) if t == tag => match &self.slots[i] {
+                    Some(b) if b.hash == full && eq(&b.key) => return Ok(i),
                     _ => {}
                 },
-                _ => {}
+                Some(_) => {}
             }
             i = (i + 1) & mask;
         }
@@ -139,7 +148,7 @@ impl<K, V> LinearMap<K, V> {
     /// The index of the entry whose key `eq` accepts.
     #[inline]
     pub(crate) fn find(&self, hash: u64, eq: impl FnMut(&K) -> bool) -> Option<usize> {
-        self.probe(hash, eq)?.ok()
+        self.lookup(hash, eq).ok()
     }
 
     /// The value at an index from [`Self::find`].
@@ -154,19 +163,26 @@ impl<K, V> LinearMap<K, V> {
         &mut self.slots[index].as_mut().expect("index from find").value
     }
 
-    /// Inserts a key that is known to be absent.
-    pub(crate) fn insert_new(&mut self, hash: u64, key: K, value: V) {
-        if self.len + 1 > self.capacity() {
-            self.resize(slots_for(self.len + 1).max(self.slots.len() * 2));
+    /// Inserts a key that [`Self::lookup`] just found absent, at the slot it
+    /// returned (unless the map must grow first, which places it anew). The
+    /// map must not have changed since that lookup.
+    pub(crate) fn insert_vacant(&mut self, vacant: Vacant, hash: u64, key: K, value: V) {
+        let bucket = Bucket {
+            hash: stored(hash),
+            key,
+            value,
+        };
+        match vacant.0 {
+            Some(i) if self.len < self.capacity() => {
+                debug_assert!(self.tags[i] == 0, "a vacant slot from a stale lookup");
+                self.tags[i] = tag(hash);
+                self.slots[i] = Some(bucket);
+            }
+            _ => {
+                self.resize(slots_for(self.len + 1).max(self.slots.len() * 2));
+                self.place(tag(hash), bucket);
+            }
         }
-        self.place(
-            tag(hash),
-            Bucket {
-                hash: stored(hash),
-                key,
-                value,
-            },
-        );
         self.len += 1;
     }
 

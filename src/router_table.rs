@@ -324,10 +324,10 @@ where
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
         let mut map = self.write_shard(self.shard_of(hash));
-        match map.find(hash, |k| *k == key) {
-            Some(i) => Some(std::mem::replace(map.value_mut(i), value)),
-            None => {
-                map.insert_new(hash, key, value);
+        match map.lookup(hash, |k| *k == key) {
+            Ok(i) => Some(std::mem::replace(map.value_mut(i), value)),
+            Err(vacant) => {
+                map.insert_vacant(vacant, hash, key, value);
                 None
             }
         }
@@ -461,14 +461,17 @@ where
         }
         let hash = self.hash(&key);
         let mut map = self.write_shard(self.shard_of(hash));
-        if let Some(i) = map.find(hash, |k| *k == key) {
-            return map.value(i).clone();
-        }
+        let vacant = match map.lookup(hash, |k| *k == key) {
+            Ok(i) => return map.value(i).clone(),
+            Err(vacant) => vacant,
+        };
+        // `f` cannot touch this table (the scope forbids it), so `vacant`
+        // stays valid.
         let value = {
             let _scope = Scope::enter(self.id(), Access::Exclusive);
             f()
         };
-        map.insert_new(hash, key, value.clone());
+        map.insert_vacant(vacant, hash, key, value.clone());
         value
     }
 

@@ -9,10 +9,10 @@ fn h(key: u32) -> u64 {
 }
 
 fn insert(map: &mut LinearMap<u32, u32>, k: u32, v: u32) -> Option<u32> {
-    match map.find(h(k), |x| *x == k) {
-        Some(i) => Some(std::mem::replace(map.value_mut(i), v)),
-        None => {
-            map.insert_new(h(k), k, v);
+    match map.lookup(h(k), |x| *x == k) {
+        Ok(i) => Some(std::mem::replace(map.value_mut(i), v)),
+        Err(vacant) => {
+            map.insert_vacant(vacant, h(k), k, v);
             None
         }
     }
