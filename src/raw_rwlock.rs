@@ -108,12 +108,7 @@ pub(crate) fn default_rows() -> usize {
     if cfg!(loom) {
         return 2;
     }
-    // `available_parallelism` reads cgroup files: ask once.
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-        (2 * cpus).clamp(4, 64)
-    })
+    (2 * thread_index::cpus()).clamp(4, 64)
 }
 
 /// Per-thread reader counts for a set of locks (one column each).
@@ -161,14 +156,7 @@ impl ReaderSlots {
 
     /// Whether every reader slot of `column` is 0.
     fn drained(&self, column: usize) -> bool {
-        self.rows_in_use()
-            .all(|row| self.slot(row, column).load(Acquire) == 0)
-    }
-
-    /// Rows a thread may have used: those below the index high-water mark,
-    /// then the overflow row.
-    fn rows_in_use(&self) -> impl Iterator<Item = usize> {
-        (0..thread_index::high_water().min(self.rows)).chain(std::iter::once(self.rows))
+        thread_index::rows_in_use(self.rows).all(|row| self.slot(row, column).load(Acquire) == 0)
     }
 }
 

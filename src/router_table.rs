@@ -104,8 +104,9 @@ fn default_shards() -> usize {
     if cfg!(loom) {
         return 2;
     }
-    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-    (cpus * 16).next_power_of_two().clamp(16, 256)
+    (crate::thread_index::cpus() * 16)
+        .next_power_of_two()
+        .clamp(16, 256)
 }
 
 /// A concurrent hash map for read-mostly maps, such as a server's

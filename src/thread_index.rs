@@ -69,6 +69,18 @@ pub(crate) fn current() -> usize {
     CURRENT.try_with(|slot| slot.0).unwrap_or(NO_INDEX)
 }
 
+/// The machine's available parallelism, read once (it reads cgroup files).
+pub(crate) fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+}
+
+/// The rows a lock with `own_rows` rows of its own must scan: those of
+/// indices handed out so far, then its shared overflow row (`own_rows`).
+pub(crate) fn rows_in_use(own_rows: usize) -> impl Iterator<Item = usize> {
+    (0..high_water().min(own_rows)).chain(std::iter::once(own_rows))
+}
+
 /// One more than the largest index handed out so far.
 #[inline]
 pub(crate) fn high_water() -> usize {

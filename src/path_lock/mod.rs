@@ -537,24 +537,10 @@ impl PathLock {
     /// Takes `mode` on the node at `key` if nothing held or waiting there
     /// conflicts; `None` if something does.
     fn acquire_fast(&self, key: &str, mode: NodeMode) -> Option<NodePtr> {
-        if key.is_empty() {
-            let (taken, waiters) = self.root.try_acquire(mode);
-            return self.fast_outcome(taken.then(|| NodePtr::new(&self.root)), waiters);
-        }
-        loop {
-            // Under the table's shard read lock, so no sweep runs meanwhile.
-            let found = self.nodes.get_with(key, |node| {
-                let (taken, waiters) = node.try_acquire(mode);
-                (taken.then(|| NodePtr::new(node)), waiters)
-            });
-            match found {
-                Some((node, waiters)) => return self.fast_outcome(node, waiters),
-                None => self.create_node(key),
-            }
-        }
-    }
-
-    fn fast_outcome(&self, node: Option<NodePtr>, waiters: bool) -> Option<NodePtr> {
+        let (node, waiters) = self.with_node(key, |node| {
+            let (taken, waiters) = node.try_acquire(mode);
+            (taken.then(|| NodePtr::new(node)), waiters)
+        });
         if waiters {
             // A failed attempt's transient counts may have turned a waiter
             // away: let the queue look again.
@@ -563,25 +549,28 @@ impl PathLock {
         node
     }
 
-    /// Sets `flags` on the node at `key` (creating it) and returns it.
-    /// Called with the queue locked.
+    /// Sets `flags` on the node at `key` and returns it. Called with the
+    /// queue locked: with no new flags, another waiter's flags (which only
+    /// change under that lock) keep the node from being swept.
     fn flag_node(&self, key: &str, flags: u64) -> NodePtr {
+        self.with_node(key, |node| {
+            node.set_flags(flags);
+            NodePtr::new(node)
+        })
+    }
+
+    /// Runs `f` on the node at `key` (the root for `""`), creating the node
+    /// if absent. `f` runs under the node table's shard read lock, so no
+    /// sweep removes the node meanwhile.
+    fn with_node<R>(&self, key: &str, f: impl Fn(&Node) -> R) -> R {
         if key.is_empty() {
-            self.root.set_flags(flags);
-            return NodePtr::new(&self.root);
+            return f(&self.root);
         }
         loop {
-            // Flagged under the shard read lock, so it cannot be swept as idle
-            // in between. With no new flags, another waiter's flags (which
-            // only change under the queue lock, held here) keep it alive.
-            let found = self.nodes.get_with(key, |node| {
-                node.set_flags(flags);
-                NodePtr::new(node)
-            });
-            match found {
-                Some(node) => return node,
-                None => self.create_node(key),
+            if let Some(result) = self.nodes.get_with(key, |node| f(node)) {
+                return result;
             }
+            self.create_node(key);
         }
     }
 

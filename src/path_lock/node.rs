@@ -166,8 +166,7 @@ impl Node {
 
     /// The summed IS and IX counts of every row in use.
     fn weak_sums(&self) -> [u64; 2] {
-        let used = thread_index::high_water().min(self.rows.len() - 1);
-        let rows = self.rows[..used].iter().chain(self.rows.last());
+        let rows = thread_index::rows_in_use(self.rows.len() - 1).map(|r| &self.rows[r]);
         rows.fold([0, 0], |[is, ix], row| {
             [
                 is.wrapping_add(row[0].load(SeqCst)),
