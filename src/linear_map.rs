@@ -50,7 +50,10 @@ const MAX_SLOTS: usize = 1 << 31;
 fn slots_for(capacity: usize) -> usize {
     let slots = match capacity {
         0 => 0,
-        n => n.saturating_add(n / 3 + 1).next_power_of_two().max(8),
+        n => n
+            .checked_add(n / 3 + 1)
+            .and_then(usize::checked_next_power_of_two)
+            .map_or(usize::MAX, |slots| slots.max(8)),
     };
     assert!(slots <= MAX_SLOTS, "shardlock: shard capacity overflow");
     slots
@@ -239,12 +242,6 @@ impl<K, V> LinearMap<K, V> {
             }
             i = (i + 1) % n;
         }
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|slot| *slot = None);
-        self.tags.fill(0);
-        self.len = 0;
     }
 
     /// Shrinks to the smallest size holding `max(len, capacity)` entries,

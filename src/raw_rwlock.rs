@@ -14,17 +14,20 @@
 //!
 //! # States
 //!
-//! `state` holds two bits:
+//! `state` holds three bits and a count:
 //!
-//! | `WRITER` | `PARKED` | meaning                                              |
-//! |----------|----------|------------------------------------------------------|
-//! | 0        | 0        | no writer; readers enter with no RMW                 |
-//! | 1        | 0        | a writer holds the lock or is draining readers        |
-//! | 1        | 1        | as above, and someone sleeps on the condvar          |
-//! | 0        | 1        | transient: the writer left, sleepers are being woken |
+//! | `WRITER` | `IN` | `PARKED` | nested count | meaning                                   |
+//! |----------|------|----------|--------------|-------------------------------------------|
+//! | 0        | 0    | 0        | 0            | no writer; readers enter with no RMW      |
+//! | 1        | 0    | any      | any          | a writer is draining readers              |
+//! | 1        | 1    | any      | 0            | a writer holds the lock                   |
+//! | 0        | 0    | 1        | any          | transient: the writer left, waking sleepers |
+//! | 0        | 0    | 0        | > 0          | a draining writer gave up (`try_write`)   |
 //!
-//! A reader slot counts the read guards its row's thread holds on this lock
-//! (the overflow slot: that all overflow threads hold).
+//! `PARKED` means someone sleeps on the condvar. A reader slot counts the
+//! read guards its row's thread holds on this lock (the overflow slot: that
+//! all overflow threads hold). The nested count (bits 3..) counts *nested*
+//! readers that entered past a draining writer (below).
 //!
 //! # Transitions
 //!
@@ -36,15 +39,26 @@
 //! * Read unlock: `slot = n - 1` (Release). If that reached 0 and `WRITER` is
 //!   set (a Relaxed load), wake the writer so it need not wait out a timeout.
 //! * Write: CAS `WRITER` into `state` (Acquire), which also excludes other
-//!   writers; `fence(SeqCst)`; then wait until every slot in the column is 0
-//!   (Acquire loads). New readers now see `WRITER` and wait, so a stream of
-//!   readers cannot starve a writer.
-//! * Write unlock: swap `state` to 0 (Release); if `PARKED` was set, take
-//!   the mutex and `notify_all`.
-//! * Sleep: under the mutex, set `PARKED` by CAS only while `WRITER` is set,
-//!   then wait on the condvar. The write unlock's swap comes after that CAS in
-//!   `state`'s modification order, so it sees `PARKED` and its notify, taken
-//!   under the mutex, cannot fall between the check and the wait.
+//!   writers; `fence(SeqCst)`; wait until every slot in the column is 0
+//!   (Acquire loads); then CAS `IN` into `state` while the nested count is 0
+//!   (Acquire), waiting for nested readers to leave first. New readers now
+//!   see `WRITER` and wait, so a stream of readers cannot starve a writer.
+//! * Nested read: a [`RouterTable`] read issued while the same thread holds
+//!   a read of another shard of the same table (a `get` inside `get_with`)
+//!   must not wait behind a *draining* writer: that writer may wait for a
+//!   reader that itself waits, nested, behind a writer draining our first
+//!   shard, a cycle no thread can break. So when the plain entry fails, a
+//!   nested reader CASes the nested count up while `WRITER` is set and `IN`
+//!   is not, and leaves with a Release `fetch_sub`. It waits only for a
+//!   writer that is `IN`, which waits for nothing.
+//! * Write unlock: swap `state` to 0 (Release; the nested count is 0 while
+//!   `IN`); a writer that gives up before `IN` clears only its own bits. If
+//!   `PARKED` was set, take the mutex and `notify_all`.
+//! * Sleep: under the mutex, set `PARKED` by CAS only while the awaited bit
+//!   (`WRITER`, or `IN` for a nested reader) is set, then wait on the
+//!   condvar. The unlock's RMW comes after that CAS in `state`'s modification
+//!   order, so it sees `PARKED` and its notify, taken under the mutex, cannot
+//!   fall between the check and the wait.
 //!
 //! # Orderings
 //!
@@ -56,7 +70,11 @@
 //! first, the reader's load sees `WRITER`. Either way one of them waits
 //! (the classic store-buffer argument). The data is then published by the
 //! Release/Acquire pairs: write unlock -> reader's `state` load, and read
-//! unlock -> writer's slot load. The writer also reads the thread-index high
+//! unlock -> writer's slot load. Nested readers and the writer's `IN` meet
+//! in RMWs on the one `state` word, so they are totally ordered: a nested
+//! reader either counted itself before the writer's `IN` CAS (which then
+//! fails and waits for its Release `fetch_sub`) or saw `IN` and waits. The
+//! writer also reads the thread-index high
 //! water mark after its fence; a thread publishes it (SeqCst) before its
 //! first slot store, so the scan cannot skip a row in use.
 //!
@@ -71,30 +89,39 @@
 //! A thread that already holds a read may read again (see above). A thread
 //! that holds a read and asks for the write lock, or holds the write lock and
 //! asks for either, panics at once instead: the first is seen in its own slot
-//! (or its list of overflow holds), the second in `owner`.
+//! (or its list of overflow holds, keyed by a lock id that is never reused,
+//! so a leaked guard of a freed lock cannot vouch for a new lock at the same
+//! address), the second in `owner`, a thread identity that stays readable in
+//! thread-local destructors (see [`crate::thread_index`]).
 //!
 //! # Model checking
 //!
 //! `loom-tests/tests/rwlock.rs`: reader vs writer, writer vs writer, a writer
 //! waiting behind readers, and an overflow-row reader. Under loom there are 2
 //! own rows, so a third thread takes the overflow path.
+//! `loom-tests/tests/router_table.rs` models nested reads racing writers on
+//! both shards (the cycle above).
 //!
 //! [`ShardedRwLock`]: crate::ShardedRwLock
 //! [`RouterTable`]: crate::RouterTable
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::sync::{
-    fence, lock, thread_locals, yield_now, AtomicUsize, Condvar, Mutex, Ordering::*, HAS_TIME,
+    fence, lock, thread_locals, yield_now, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::*,
+    HAS_TIME,
 };
 use crate::thread_index;
 
 const WRITER: usize = 1;
 const PARKED: usize = 2;
+const IN: usize = 4;
+const NESTED_ONE: usize = 8;
+const NESTED_MASK: usize = !(NESTED_ONE - 1);
 
 /// Slots per padded line: 128 bytes, crossbeam's `CachePadded` size on x86_64.
 #[cfg(not(loom))]
@@ -150,7 +177,7 @@ impl ReaderSlots {
         if me < self.rows {
             ReadSlot::Own(self.slot(me, column))
         } else {
-            ReadSlot::Overflow(self.slot(self.rows, column), lock.id())
+            ReadSlot::Overflow(self.slot(self.rows, column), lock.id)
         }
     }
 
@@ -160,18 +187,79 @@ impl ReaderSlots {
     }
 }
 
+/// Overflow holds kept inline, in a thread-local with no destructor (so
+/// they stay usable in thread-local destructors).
+const INLINE_HOLDS: usize = 16;
+
 thread_locals! {
-    /// Locks (by id) this thread holds read guards on through the overflow
-    /// row, one entry per guard. Only overflow threads touch it.
-    static OVERFLOW_HOLDS: RefCell<Vec<usize>> = RefCell::new(Vec::new());
+    /// Ids of locks this thread holds read guards on through the overflow
+    /// row, one entry per guard (0: free entry). Only overflow threads
+    /// touch it.
+    static OVERFLOW_HOLDS: [Cell<u64>; INLINE_HOLDS] = const { [const { Cell::new(0) }; INLINE_HOLDS] };
+    /// Holds beyond the inline ones (unavailable during teardown, where such
+    /// a hold goes uncounted: reentrancy on it is then not detected).
+    static SPILLED_HOLDS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The slot a read goes through.
+fn add_hold(id: u64) {
+    let placed = OVERFLOW_HOLDS
+        .try_with(|holds| {
+            holds
+                .iter()
+                .find(|h| h.get() == 0)
+                .map(|h| h.set(id))
+                .is_some()
+        })
+        .unwrap_or(false);
+    if !placed {
+        let _ = SPILLED_HOLDS.try_with(|spilled| spilled.borrow_mut().push(id));
+    }
+}
+
+fn remove_hold(id: u64) {
+    let removed = OVERFLOW_HOLDS
+        .try_with(|holds| {
+            holds
+                .iter()
+                .find(|h| h.get() == id)
+                .map(|h| h.set(0))
+                .is_some()
+        })
+        .unwrap_or(false);
+    if !removed {
+        let _ = SPILLED_HOLDS.try_with(|spilled| {
+            let mut spilled = spilled.borrow_mut();
+            if let Some(pos) = spilled.iter().rposition(|&h| h == id) {
+                spilled.swap_remove(pos);
+            }
+        });
+    }
+}
+
+fn overflow_holds(id: u64) -> bool {
+    OVERFLOW_HOLDS
+        .try_with(|holds| holds.iter().any(|h| h.get() == id))
+        .unwrap_or(false)
+        || SPILLED_HOLDS
+            .try_with(|spilled| spilled.borrow().contains(&id))
+            .unwrap_or(false)
+}
+
+/// Lock ids: never reused, never 0. Plain std atomic, not the shim: ids
+/// are only compared for equality.
+fn next_lock_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
+}
+
+/// How a read is counted.
 enum ReadSlot<'a> {
     /// This thread's own slot: plain loads and stores.
     Own(&'a AtomicUsize),
     /// The shared overflow slot (RMW), with the lock's id.
-    Overflow(&'a AtomicUsize, usize),
+    Overflow(&'a AtomicUsize, u64),
+    /// The nested count in `state` (see "Nested read").
+    Nested,
 }
 
 impl ReadSlot<'_> {
@@ -186,11 +274,11 @@ impl ReadSlot<'_> {
             }
             ReadSlot::Overflow(slot, id) => {
                 let held = overflow_holds(id);
-                // Ignore a torn-down thread-local: the hold just goes uncounted.
-                let _ = OVERFLOW_HOLDS.try_with(|holds| holds.borrow_mut().push(id));
+                add_hold(id);
                 slot.fetch_add(1, Relaxed);
                 held
             }
+            ReadSlot::Nested => unreachable!("nested reads enter through the state word"),
         }
     }
 
@@ -204,30 +292,22 @@ impl ReadSlot<'_> {
                 held == 1
             }
             ReadSlot::Overflow(slot, id) => {
-                let _ = OVERFLOW_HOLDS.try_with(|holds| {
-                    let mut holds = holds.borrow_mut();
-                    if let Some(pos) = holds.iter().rposition(|&h| h == id) {
-                        holds.swap_remove(pos);
-                    }
-                });
+                remove_hold(id);
                 slot.fetch_sub(1, Release) == 1
             }
+            ReadSlot::Nested => unreachable!("nested reads leave through the state word"),
         }
     }
-}
-
-fn overflow_holds(id: usize) -> bool {
-    OVERFLOW_HOLDS
-        .try_with(|holds| holds.borrow().contains(&id))
-        .unwrap_or(false)
 }
 
 /// The lock word, the writer's identity and the parking place of one lock.
 #[derive(Debug)]
 pub(crate) struct RawRwLock {
     state: AtomicUsize,
-    /// Thread index + 1 of the writer holding the lock, or 0.
-    owner: AtomicUsize,
+    /// [`thread_index::thread_id`] of the writer holding the lock, or 0.
+    owner: AtomicU64,
+    /// Keys this lock in threads' overflow holds; never reused.
+    id: u64,
     parking: Mutex<()>,
     wakeup: Condvar,
 }
@@ -236,33 +316,36 @@ impl RawRwLock {
     pub(crate) fn new() -> Self {
         RawRwLock {
             state: AtomicUsize::new(0),
-            owner: AtomicUsize::new(0),
+            owner: AtomicU64::new(0),
+            id: next_lock_id(),
             parking: Mutex::new(()),
             wakeup: Condvar::new(),
         }
     }
 
-    /// Whether thread `me` holds the write lock.
-    fn is_owner(&self, me: usize) -> bool {
-        me != thread_index::NO_INDEX && self.owner.load(Relaxed) == me + 1
-    }
-
-    fn id(&self) -> usize {
-        self as *const Self as usize
+    /// Whether this thread holds the write lock.
+    fn is_owner(&self) -> bool {
+        self.owner.load(Relaxed) == thread_index::thread_id()
     }
 
     /// Acquires a read lock on `column`, waiting while a writer holds or
-    /// waits for it.
+    /// waits for it. A `nested` read (see the module docs) waits only while
+    /// a writer holds it.
     ///
     /// # Panics
     /// If this thread holds the write lock.
     #[inline]
-    pub(crate) fn read<'a>(&'a self, slots: &'a ReaderSlots, column: usize) -> RawReadGuard<'a> {
-        let me = thread_index::current();
-        let slot = slots.reader_slot(me, column, self);
-        if !self.enter(&slot) {
-            self.read_contended(&slot, me);
+    pub(crate) fn read<'a>(
+        &'a self,
+        slots: &'a ReaderSlots,
+        column: usize,
+        nested: bool,
+    ) -> RawReadGuard<'a> {
+        let slot = slots.reader_slot(thread_index::current(), column, self);
+        if self.enter(&slot) {
+            return RawReadGuard::new(self, slot);
         }
+        let slot = self.read_contended(slot, nested);
         RawReadGuard::new(self, slot)
     }
 
@@ -293,22 +376,47 @@ impl RawRwLock {
 
     #[inline]
     fn leave(&self, slot: &ReadSlot<'_>) {
-        if slot.decrement() && self.state.load(Relaxed) & WRITER != 0 {
+        let last = match slot {
+            ReadSlot::Nested => {
+                let before = self.state.fetch_sub(NESTED_ONE, Release);
+                before & NESTED_MASK == NESTED_ONE
+            }
+            _ => slot.decrement(),
+        };
+        if last && self.state.load(Relaxed) & WRITER != 0 {
             self.wake_all();
         }
     }
 
     #[cold]
-    fn read_contended(&self, slot: &ReadSlot<'_>, me: usize) {
+    fn read_contended<'a>(&'a self, slot: ReadSlot<'a>, nested: bool) -> ReadSlot<'a> {
         loop {
-            if self.is_owner(me) {
+            if self.is_owner() {
                 panic!("shardlock: this thread holds the write lock; a read here would deadlock");
             }
-            self.sleep_while_writer();
-            if self.enter(slot) {
-                return;
+            if nested && self.enter_nested() {
+                return ReadSlot::Nested;
+            }
+            self.sleep_while(if nested { IN } else { WRITER });
+            if self.enter(&slot) {
+                return slot;
             }
         }
+    }
+
+    /// Counts a nested reader in while a writer drains but is not `IN`.
+    fn enter_nested(&self) -> bool {
+        let mut state = self.state.load(Relaxed);
+        while state & (WRITER | IN) == WRITER {
+            match self
+                .state
+                .compare_exchange_weak(state, state + NESTED_ONE, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
+        }
+        false
     }
 
     /// Acquires the write lock on `column`, waiting for readers to drain.
@@ -317,20 +425,20 @@ impl RawRwLock {
     /// If this thread holds a read or the write lock on it.
     #[inline]
     pub(crate) fn write<'a>(&'a self, slots: &'a ReaderSlots, column: usize) -> RawWriteGuard<'a> {
-        let me = thread_index::current();
         if self
             .state
             .compare_exchange(0, WRITER, Acquire, Relaxed)
             .is_err()
         {
-            self.write_contended(me);
+            self.write_contended();
         }
         // From here on a panic drops the guard, which releases `WRITER`.
-        let guard = self.claimed(me);
+        let mut guard = self.claimed();
         fence(SeqCst);
-        if !slots.drained(column) {
-            self.wait_for_readers(slots, column, me);
+        if !(slots.drained(column) && self.admit()) {
+            self.wait_for_readers(slots, column);
         }
+        guard.admitted = true;
         guard
     }
 
@@ -349,22 +457,40 @@ impl RawRwLock {
         {
             return None;
         }
-        let guard = self.claimed(thread_index::current());
+        let mut guard = self.claimed();
         fence(SeqCst);
         // On failure the guard's drop clears `WRITER` and wakes sleepers.
-        slots.drained(column).then_some(guard)
+        guard.admitted = slots.drained(column) && self.admit();
+        guard.admitted.then_some(guard)
     }
 
-    fn claimed(&self, me: usize) -> RawWriteGuard<'_> {
-        self.owner.store(me.wrapping_add(1), Relaxed);
+    fn claimed(&self) -> RawWriteGuard<'_> {
+        self.owner.store(thread_index::thread_id(), Relaxed);
         RawWriteGuard {
             lock: self,
+            admitted: false,
             _not_send: PhantomData,
         }
     }
 
+    /// Sets `IN` unless nested readers are in; the writer then holds the lock.
+    #[inline]
+    fn admit(&self) -> bool {
+        let mut state = self.state.load(Relaxed);
+        while state & NESTED_MASK == 0 {
+            match self
+                .state
+                .compare_exchange_weak(state, state | IN, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
+        }
+        false
+    }
+
     #[cold]
-    fn write_contended(&self, me: usize) {
+    fn write_contended(&self) {
         let backoff = Backoff::new();
         loop {
             let state = self.state.load(Relaxed);
@@ -378,22 +504,23 @@ impl RawRwLock {
                 }
                 continue;
             }
-            if self.is_owner(me) {
+            if self.is_owner() {
                 panic!("shardlock: this thread already holds the write lock; locking it again would deadlock");
             }
             if HAS_TIME && !backoff.is_completed() {
                 backoff.snooze();
             } else {
-                self.sleep_while_writer();
+                self.sleep_while(WRITER);
             }
         }
     }
 
     #[cold]
-    fn wait_for_readers(&self, slots: &ReaderSlots, column: usize, me: usize) {
-        let held_by_me = match slots.reader_slot(me, column, self) {
+    fn wait_for_readers(&self, slots: &ReaderSlots, column: usize) {
+        let held_by_me = match slots.reader_slot(thread_index::current(), column, self) {
             ReadSlot::Own(slot) => slot.load(Relaxed) != 0,
             ReadSlot::Overflow(_, id) => overflow_holds(id),
+            ReadSlot::Nested => false,
         };
         if held_by_me {
             panic!(
@@ -402,13 +529,14 @@ impl RawRwLock {
         }
         let backoff = Backoff::new();
         let mut timeout = Duration::from_micros(10);
-        while !slots.drained(column) {
+        let ready = || slots.drained(column) && self.admit();
+        while !ready() {
             if HAS_TIME && !backoff.is_completed() {
                 backoff.snooze();
                 continue;
             }
             let parked = lock(&self.parking);
-            if slots.drained(column) {
+            if ready() {
                 return;
             }
             if HAS_TIME {
@@ -423,13 +551,14 @@ impl RawRwLock {
         }
     }
 
-    /// Sleeps until `WRITER` is clear (returns at once if it already is).
+    /// Sleeps until `bit` (`WRITER` or `IN`) of the state is clear (returns
+    /// at once if it already is).
     #[cold]
-    fn sleep_while_writer(&self) {
+    fn sleep_while(&self, bit: usize) {
         let mut parked = lock(&self.parking);
         loop {
             let state = self.state.load(Relaxed);
-            if state & WRITER == 0 {
+            if state & bit == 0 {
                 return;
             }
             if state & PARKED == 0
@@ -463,7 +592,13 @@ pub(crate) struct RawReadGuard<'a> {
 }
 
 impl<'a> RawReadGuard<'a> {
+    #[inline]
     fn new(lock: &'a RawRwLock, slot: ReadSlot<'a>) -> Self {
+        if let ReadSlot::Own(_) = slot {
+            // The row's index must not pass to another thread while this
+            // guard can still store to it (see `thread_index`).
+            thread_index::guard_taken();
+        }
         RawReadGuard {
             lock,
             slot,
@@ -476,12 +611,18 @@ impl Drop for RawReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.lock.leave(&self.slot);
+        if let ReadSlot::Own(_) = self.slot {
+            thread_index::guard_released();
+        }
     }
 }
 
-/// A held write lock; dropping it unlocks.
+/// A held write lock (or, until `admitted`, a claim on it); dropping it
+/// unlocks.
 pub(crate) struct RawWriteGuard<'a> {
     lock: &'a RawRwLock,
+    /// `IN` is set: no nested reader is counted in `state`.
+    admitted: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -489,7 +630,13 @@ impl Drop for RawWriteGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.lock.owner.store(0, Relaxed);
-        if self.lock.state.swap(0, Release) & PARKED != 0 {
+        let before = if self.admitted {
+            self.lock.state.swap(0, Release)
+        } else {
+            // Gave up while draining: nested readers may still be in.
+            self.lock.state.fetch_and(!(WRITER | IN | PARKED), Release)
+        };
+        if before & PARKED != 0 {
             self.lock.wake_all();
         }
     }

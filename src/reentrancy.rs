@@ -1,22 +1,30 @@
-//! Detects calls into a table from inside one of its own closures.
+//! Detects calls into a table from code it runs under one of its own locks.
 //!
-//! Each closure a [`crate::RouterTable`] runs while it holds a shard lock is
-//! wrapped in a [`Scope`] that records (table, access) in a thread-local
-//! stack. Every table operation first calls [`check`], so what a closure may
-//! do is the same whatever shard its key falls in:
+//! Every stretch of a [`crate::RouterTable`] operation that runs user code
+//! while holding a shard lock (the user's closures, and the `Clone`, `Eq`
+//! and `Drop` of its keys and values) runs inside [`scoped`], which records
+//! (table, access) on this thread. Every table operation first calls
+//! [`check`], so what such code may do is the same whatever shard its key
+//! falls in:
 //!
-//! * inside a `Shared` scope (`get_with`, `for_each`): reads of the same
-//!   table work; writes panic;
-//! * inside an `Exclusive` scope (`update`, `retain`, `remove_if`,
-//!   `get_or_insert_with`): every call on the same table panics.
+//! * inside a `Shared` scope (a read lock is held: `get`, `get_with`,
+//!   `contains_key`, `for_each`, ...): reads of the same table work, and
+//!   [`check`] reports them as *nested*, so they never queue behind a waiting
+//!   writer (see `raw_rwlock`'s nested reads); writes panic;
+//! * inside an `Exclusive` scope (a write lock is held): every call on the
+//!   same table panics.
 //!
-//! Outside any scope, [`check`] is one thread-local load.
+//! The scopes form a linked list through the stack frames of [`scoped`],
+//! headed by a thread-local `Cell` with no destructor, so this works the
+//! same from a thread-local destructor during thread teardown. Outside any
+//! scope, [`check`] is one thread-local load.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::ptr;
 
 use crate::sync::thread_locals;
 
-/// What the closure in a scope was given.
+/// What the code in a scope runs under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Access {
     /// A shard read lock is held.
@@ -25,56 +33,113 @@ pub(crate) enum Access {
     Exclusive,
 }
 
-thread_locals! {
-    static DEPTH: Cell<usize> = const { Cell::new(0) };
-    static SCOPES: RefCell<Vec<(usize, Access)>> = const { RefCell::new(Vec::new()) };
+/// One scope, living in the stack frame of [`scoped`].
+struct Frame {
+    table: usize,
+    access: Access,
+    outer: *const Frame,
 }
 
-/// Panics if this thread is inside a closure of table `table` that forbids
-/// an operation of kind `write`.
+thread_locals! {
+    /// The innermost scope, or null.
+    static INNERMOST: Cell<*const Frame> = const { Cell::new(ptr::null()) };
+}
+
+/// What [`check`] found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Nesting {
+    /// No scope of this table is open on this thread.
+    Outside,
+    /// Inside a `Shared` scope of this table (a read, which is allowed).
+    NestedRead,
+}
+
+fn innermost() -> *const Frame {
+    INNERMOST.try_with(Cell::get).unwrap_or(ptr::null())
+}
+
+/// Panics if this thread runs code under a lock of table `table` that
+/// forbids an operation of kind `write`; otherwise says whether the
+/// operation is nested in a read of the same table.
 #[inline]
-pub(crate) fn check(table: usize, write: bool) {
-    if DEPTH.with(Cell::get) != 0 {
-        check_scopes(table, write);
+pub(crate) fn check(table: usize, write: bool) -> Nesting {
+    let head = innermost();
+    if head.is_null() {
+        return Nesting::Outside;
     }
+    check_frames(head, table, write)
 }
 
 #[cold]
-fn check_scopes(table: usize, write: bool) {
-    let forbidden = SCOPES.with(|scopes| {
-        scopes.borrow().iter().find_map(|&(id, access)| {
-            (id == table && (write || access == Access::Exclusive)).then_some(access)
-        })
-    });
-    match forbidden {
-        Some(Access::Shared) => panic!(
-            "shardlock: RouterTable written from inside its own get_with/for_each closure; \
-             only reads of the same table are allowed there (a write would deadlock)"
-        ),
-        Some(Access::Exclusive) => panic!(
-            "shardlock: RouterTable used from inside its own update/retain/remove_if/\
-             get_or_insert_with closure, which holds a shard write lock (this would deadlock)"
-        ),
-        None => {}
+fn check_frames(mut frame: *const Frame, table: usize, write: bool) -> Nesting {
+    let mut nesting = Nesting::Outside;
+    while !frame.is_null() {
+        // SAFETY: every frame in the list lives in a `scoped` call that is
+        // still running on this thread (it unlinks itself before returning,
+        // also on unwind), so the pointer is valid.
+        let f = unsafe { &*frame };
+        if f.table == table {
+            match (f.access, write) {
+                (Access::Exclusive, _) => panic!(
+                    "shardlock: RouterTable used from code it runs under a shard write lock \
+                     (an update/retain/remove_if/get_or_insert_with closure, or a key or \
+                     value's Eq/Drop during a write); this would deadlock"
+                ),
+                (Access::Shared, true) => panic!(
+                    "shardlock: RouterTable written from code it runs under a shard read lock \
+                     (a get_with/for_each closure, or a key or value's Clone/Eq during a \
+                     read); only reads of the same table are allowed there (a write would \
+                     deadlock)"
+                ),
+                (Access::Shared, false) => nesting = Nesting::NestedRead,
+            }
+        }
+        frame = f.outer;
     }
+    nesting
 }
 
-/// Marks a table closure as running on this thread until dropped.
-pub(crate) struct Scope(());
-
-impl Scope {
-    #[inline]
-    pub(crate) fn enter(table: usize, access: Access) -> Scope {
-        SCOPES.with(|scopes| scopes.borrow_mut().push((table, access)));
-        DEPTH.with(|depth| depth.set(depth.get() + 1));
-        Scope(())
+/// Runs `f` as a scope of `table` with `access` (see the module docs).
+#[inline]
+pub(crate) fn scoped<R>(table: usize, access: Access, f: impl FnOnce() -> R) -> R {
+    /// Unlinks the frame on return and on unwind.
+    struct Unlink(*const Frame);
+    impl Drop for Unlink {
+        #[inline]
+        fn drop(&mut self) {
+            let _ = INNERMOST.try_with(|head| head.set(self.0));
+        }
     }
+    let outer = innermost();
+    let frame = Frame {
+        table,
+        access,
+        outer,
+    };
+    let _unlink = Unlink(outer);
+    let _ = INNERMOST.try_with(|head| head.set(&frame));
+    f()
 }
 
-impl Drop for Scope {
-    #[inline]
-    fn drop(&mut self) {
-        DEPTH.with(|depth| depth.set(depth.get() - 1));
-        SCOPES.with(|scopes| scopes.borrow_mut().pop());
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_unwind() {
+        assert_eq!(check(1, true), Nesting::Outside);
+        scoped(1, Access::Shared, || {
+            assert_eq!(check(1, false), Nesting::NestedRead);
+            assert_eq!(check(2, true), Nesting::Outside);
+            let caught = std::panic::catch_unwind(|| {
+                scoped(2, Access::Exclusive, || panic!("inner"));
+            });
+            assert!(caught.is_err());
+            // The panicking scope unlinked itself; the outer one remains.
+            assert_eq!(check(2, true), Nesting::Outside);
+            assert_eq!(check(1, false), Nesting::NestedRead);
+            assert!(std::panic::catch_unwind(|| check(1, true)).is_err());
+        });
+        assert_eq!(check(1, true), Nesting::Outside);
     }
 }

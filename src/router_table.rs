@@ -25,7 +25,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::linear_map::LinearMap;
 use crate::raw_rwlock::ReaderSlots;
-use crate::reentrancy::{self, Access, Scope};
+use crate::reentrancy::{self, Access, Nesting};
 use crate::sharded_rwlock::{LockedCell, ShardedReadGuard, ShardedWriteGuard};
 
 #[cfg(feature = "serde")]
@@ -125,14 +125,31 @@ fn default_shards() -> usize {
 ///   that shard's entries, so writers to other shards never wait for them.
 /// * No references escape: values are returned by clone or seen inside a
 ///   closure, so no guard can be held across a write or an `.await`.
-/// * Closures and reentrancy: inside a `get_with` or `for_each` closure, reads
-///   of the same table work and writes panic at once; inside an `update`,
-///   `retain`, `remove_if` or `get_or_insert_with` closure (which run under a
-///   shard write lock) any call on the same table panics at once. Other
-///   tables may be used freely. Nothing deadlocks silently.
+/// * Closures and reentrancy. User code that runs under a shard lock is
+///   covered by one rule, whether it is a closure or a trait impl:
+///   * under a read lock (`get_with` and `for_each` closures; `V::clone` in
+///     `get` and `get_or_insert_with`; `K::eq` in every lookup), reads of
+///     the same table work, and never wait behind a queued writer, so
+///     nested reads on two threads cannot deadlock; writes panic at once;
+///   * under a write lock (`update`, `retain`, `remove_if` and
+///     `get_or_insert_with` closures; `K::eq` in write lookups; the `Drop`
+///     of a key or value replaced or removed by `insert` or `retain`), any
+///     call on the same table panics at once.
+///
+///   `K::hash` runs before any lock is taken, and values returned to the
+///   caller (by `insert`, `remove`, `clear`...) are dropped after the lock is
+///   released, so they are unrestricted. Nothing deadlocks silently *within
+///   one table*.
+/// * Several tables: code under one table's lock may use another table, but
+///   then the two tables are two locks, and the usual lock-ordering rule
+///   applies: `a.update(k, |_| b.insert(..))` on one thread and
+///   `b.update(k, |_| a.insert(..))` on another can deadlock, as two
+///   `Mutex`es taken in opposite orders do. Take them in one global order,
+///   or move the inner call out of the closure.
 /// * Panics: a closure that panics releases every lock. If an `update` or
 ///   `retain` closure panics, the entry it was changing is removed, so no
-///   half-written value is ever visible; the panic then resumes.
+///   half-written value is ever visible; the panic then resumes. A panicking
+///   `Drop` during `clear` leaves every shard cleared.
 /// * Shards shrink when they fall below a quarter full, but never below the
 ///   capacity asked for at construction.
 /// * `Send` and `Sync` exactly when `RwLock<HashMap<K, V, S>>` would be:
@@ -149,7 +166,26 @@ fn default_shards() -> usize {
 ///
 /// # Panics
 /// Constructing or growing a table whose single shard would need more than
-/// 2^31 slots panics (use more shards).
+/// 2^31 slots panics (use more shards), as does a capacity whose slot count
+/// overflows `usize`.
+///
+/// # Memory
+/// An empty table takes one padded 128-byte line per shard plus its reader
+/// slots: `(rows + 1) × ⌈shards / 16⌉ × 128` bytes, where `rows` is
+/// `clamp(2 × cores, 4, 64)` and `shards` defaults to
+/// `clamp((16 × cores).next_power_of_two(), 16, 256)`. That is about 6 KiB
+/// on 2 cores and at most about 165 KiB (64 cores and up). For many small
+/// tables on a large host, [`with_shards`](Self::with_shards) with few
+/// shards brings it down to a few KiB.
+///
+/// # Protocol
+/// Each shard is a [`ShardedRwLock`](crate::ShardedRwLock)-style lock (the
+/// protocol is summarised there) around an open-addressing map; all shards
+/// share one reader-slot matrix, a column each, so one thread's reads of
+/// every shard write only its own lines. Reads nested in a read of the same
+/// table enter past a writer that is still draining readers (a CAS on the
+/// shard's state word), which is what keeps nested reads deadlock-free. The
+/// write-up is at the top of `src/raw_rwlock.rs`.
 ///
 /// ```
 /// use shardlock::RouterTable;
@@ -241,31 +277,67 @@ impl<K, V, S> RouterTable<K, V, S> {
         self.shards.as_ptr() as usize
     }
 
+    /// Read-locks shard `index`; `nested` if this thread already holds a
+    /// read of another shard of this table (see [`crate::raw_rwlock`]).
     #[inline]
-    fn read_shard(&self, index: usize) -> ShardedReadGuard<'_, LinearMap<K, V>> {
-        reentrancy::check(self.id(), false);
+    fn read_shard(&self, index: usize, nested: bool) -> ShardedReadGuard<'_, LinearMap<K, V>> {
         // SAFETY: shard `index` always locks through column `index` of
         // `self.slots`, and nothing else uses that column.
-        unsafe { self.shards[index].map.read(&self.slots, index) }
+        unsafe { self.shards[index].map.read(&self.slots, index, nested) }
     }
 
+    /// Runs `f` on shard `index` under its read lock. Every piece of user
+    /// code a read runs (closures, `Clone`, `Eq`) runs inside `f`, so inside
+    /// a scope that lets it read this table and makes writes panic.
     #[inline]
-    fn write_shard(&self, index: usize) -> ShardWrite<'_, K, V> {
+    fn with_read<R>(&self, index: usize, f: impl FnOnce(&LinearMap<K, V>) -> R) -> R {
+        let nested = reentrancy::check(self.id(), false) == Nesting::NestedRead;
+        let map = self.read_shard(index, nested);
+        reentrancy::scoped(self.id(), Access::Shared, || f(&map))
+    }
+
+    /// Runs `f` on shard `index` under its write lock, inside a scope that
+    /// makes every call on this table from user code (`f`'s closures, `Eq`,
+    /// `Drop`) panic.
+    #[inline]
+    fn with_write<R>(&self, index: usize, f: impl FnOnce(&mut LinearMap<K, V>) -> R) -> R {
         reentrancy::check(self.id(), true);
         let shard = &self.shards[index];
-        ShardWrite {
+        let mut map = ShardWrite {
             // SAFETY: as in `read_shard`.
             guard: unsafe { shard.map.write(&self.slots, index) },
             hint: &shard.hint,
-        }
+        };
+        reentrancy::scoped(self.id(), Access::Exclusive, || f(&mut map))
     }
 
-    /// Removes every entry, one shard at a time.
-    pub fn clear(&self) {
+    /// Runs `f` with every shard read-locked at once: a consistent snapshot.
+    /// Writers wait meanwhile.
+    #[cfg(feature = "serde")]
+    fn with_all_read<R>(&self, f: impl FnOnce(&[ShardedReadGuard<'_, LinearMap<K, V>>]) -> R) -> R {
+        let nested = reentrancy::check(self.id(), false) == Nesting::NestedRead;
+        let mut maps = Vec::with_capacity(self.shards.len());
         for index in 0..self.shards.len() {
-            let mut map = self.write_shard(index);
-            map.clear();
-            map.shrink_to(self.min_shard_capacity);
+            // Holding earlier shards makes every later read nested.
+            maps.push(self.read_shard(index, nested || index > 0));
+        }
+        reentrancy::scoped(self.id(), Access::Shared, || f(&maps))
+    }
+
+    /// Removes every entry, one shard at a time. The entries are dropped
+    /// after each shard's lock is released; if a `Drop` panics, the other
+    /// shards are still cleared and the first panic then resumes.
+    pub fn clear(&self) {
+        let mut first_panic = None;
+        for index in 0..self.shards.len() {
+            let fresh = LinearMap::with_capacity(self.min_shard_capacity);
+            let old = self.with_write(index, |map| std::mem::replace(map, fresh));
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| drop(old))) {
+                first_panic.get_or_insert(payload);
+            }
+        }
+        if let Some(payload) = first_panic {
+            panic::resume_unwind(payload);
         }
     }
 
@@ -273,22 +345,20 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// moment while writers run).
     pub fn len(&self) -> usize {
         (0..self.shards.len())
-            .map(|i| self.read_shard(i).len())
+            .map(|i| self.with_read(i, LinearMap::len))
             .sum()
     }
 
     /// Whether the table has no entries (with the same caveat as `len`).
     pub fn is_empty(&self) -> bool {
-        (0..self.shards.len()).all(|i| self.read_shard(i).is_empty())
+        (0..self.shards.len()).all(|i| self.with_read(i, LinearMap::is_empty))
     }
 
     /// Calls `f` on every entry, holding one shard's read lock at a time.
     /// Weakly consistent; see the type's docs for what `f` may do.
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         for index in 0..self.shards.len() {
-            let map = self.read_shard(index);
-            let _scope = Scope::enter(self.id(), Access::Shared);
-            map.iter().for_each(|(k, v)| f(k, v));
+            self.with_read(index, |map| map.iter().for_each(|(k, v)| f(k, v)));
         }
     }
 }
@@ -324,14 +394,15 @@ where
     /// Inserts `value` at `key`, returning the value it replaced.
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
-        let mut map = self.write_shard(self.shard_of(hash));
-        match map.lookup(hash, |k| *k == key) {
-            Ok(i) => Some(std::mem::replace(map.value_mut(i), value)),
-            Err(vacant) => {
-                map.insert_vacant(vacant, hash, key, value);
-                None
+        self.with_write(self.shard_of(hash), |map| {
+            match map.lookup(hash, |k| *k == key) {
+                Ok(i) => Some(std::mem::replace(map.value_mut(i), value)),
+                Err(vacant) => {
+                    map.insert_vacant(vacant, hash, key, value);
+                    None
+                }
             }
-        }
+        })
     }
 
     /// A clone of the value at `key`.
@@ -353,10 +424,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.find_with(key, |value| {
-            let _scope = Scope::enter(self.id(), Access::Shared);
-            f(value)
-        })
+        self.find_with(key, f)
     }
 
     /// Whether `key` is present.
@@ -377,32 +445,34 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let map = self.read_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        Some(f(map.value(i)))
+        self.with_read(self.shard_of(hash), |map| {
+            let i = map.find(hash, |k| k.borrow() == key)?;
+            Some(f(map.value(i)))
+        })
     }
 
     /// Changes the value at `key` in place; `None` if `key` is absent.
     ///
     /// `f` runs under the shard's write lock and may not use this table. If
-    /// it panics, the entry is removed and the panic resumes.
+    /// it panics, the entry is removed (and dropped once the lock is
+    /// released) and the panic resumes.
     pub fn update<Q, R>(&self, key: &Q, f: impl FnOnce(&mut V) -> R) -> Option<R>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let mut map = self.write_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        let outcome = {
-            let _scope = Scope::enter(self.id(), Access::Exclusive);
-            panic::catch_unwind(AssertUnwindSafe(|| f(map.value_mut(i))))
-        };
+        let outcome = self.with_write(self.shard_of(hash), |map| {
+            let i = map.find(hash, |k| k.borrow() == key)?;
+            Some(
+                panic::catch_unwind(AssertUnwindSafe(|| f(map.value_mut(i))))
+                    .map_err(|payload| (map.remove_at(i), payload)),
+            )
+        })?;
         match outcome {
             Ok(result) => Some(result),
-            Err(payload) => {
-                drop(map.remove_at(i));
-                drop(map);
+            Err((entry, payload)) => {
+                drop(entry);
                 panic::resume_unwind(payload)
             }
         }
@@ -424,10 +494,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_entry(key, |value| {
-            let _scope = Scope::enter(self.id(), Access::Exclusive);
-            f(value)
-        })
+        self.remove_entry(key, f)
     }
 
     /// Removes `key` if `approve` accepts its value; shrinks the shard if
@@ -438,13 +505,16 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let mut map = self.write_shard(self.shard_of(hash));
-        let i = map.find(hash, |k| k.borrow() == key)?;
-        if !approve(map.value(i)) {
-            return None;
-        }
-        let (_, value) = map.remove_at(i);
-        self.maybe_shrink(&mut map);
+        let (key, value) = self.with_write(self.shard_of(hash), |map| {
+            let i = map.find(hash, |k| k.borrow() == key)?;
+            if !approve(map.value(i)) {
+                return None;
+            }
+            let entry = map.remove_at(i);
+            self.maybe_shrink(map);
+            Some(entry)
+        })?;
+        drop(key); // after the lock is released, like the returned value
         Some(value)
     }
 
@@ -461,19 +531,17 @@ where
             return value;
         }
         let hash = self.hash(&key);
-        let mut map = self.write_shard(self.shard_of(hash));
-        let vacant = match map.lookup(hash, |k| *k == key) {
-            Ok(i) => return map.value(i).clone(),
-            Err(vacant) => vacant,
-        };
-        // `f` cannot touch this table (the scope forbids it), so `vacant`
-        // stays valid.
-        let value = {
-            let _scope = Scope::enter(self.id(), Access::Exclusive);
-            f()
-        };
-        map.insert_vacant(vacant, hash, key, value.clone());
-        value
+        self.with_write(self.shard_of(hash), |map| {
+            let vacant = match map.lookup(hash, |k| *k == key) {
+                Ok(i) => return map.value(i).clone(),
+                Err(vacant) => vacant,
+            };
+            // `f` cannot touch this table (the scope forbids it), so `vacant`
+            // stays valid.
+            let value = f();
+            map.insert_vacant(vacant, hash, key, value.clone());
+            value
+        })
     }
 
     /// Keeps only the entries for which `f` returns `true`, one shard at a
@@ -481,10 +549,8 @@ where
     /// the entry it was given is removed and the panic resumes.
     pub fn retain(&self, mut f: impl FnMut(&K, &mut V) -> bool) {
         for index in 0..self.shards.len() {
-            let mut map = self.write_shard(index);
             let mut panicked = None;
-            {
-                let _scope = Scope::enter(self.id(), Access::Exclusive);
+            self.with_write(index, |map| {
                 map.retain(|k, v| {
                     if panicked.is_some() {
                         return true;
@@ -494,10 +560,9 @@ where
                         false
                     })
                 });
-            }
-            self.maybe_shrink(&mut map);
+                self.maybe_shrink(map);
+            });
             if let Some(payload) = panicked {
-                drop(map);
                 panic::resume_unwind(payload);
             }
         }

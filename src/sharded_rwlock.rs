@@ -26,6 +26,9 @@ impl<T> LockedCell<T> {
         }
     }
 
+    /// A `nested` read waits only for a writer that holds the lock, not for
+    /// one draining readers (see [`crate::raw_rwlock`]).
+    ///
     /// # Safety
     /// This and the three methods below need the same `slots` and `column`
     /// on every call on this cell: a writer only waits for readers counted in
@@ -35,9 +38,10 @@ impl<T> LockedCell<T> {
         &'a self,
         slots: &'a ReaderSlots,
         column: usize,
+        nested: bool,
     ) -> ShardedReadGuard<'a, T> {
         debug_assert!(column < slots.columns());
-        ShardedReadGuard::new(self.lock.read(slots, column), &self.data)
+        ShardedReadGuard::new(self.lock.read(slots, column, nested), &self.data)
     }
 
     /// # Safety
@@ -102,7 +106,19 @@ impl<T> LockedCell<T> {
 ///
 /// The first `clamp(2 × cores, 4, 64)` concurrently live threads get slots of
 /// their own; threads beyond that share one overflow slot, updated with RMWs.
-/// Guards are not `Send` (like std's).
+/// Guards are not `Send` (like std's). Two locks taken in opposite orders by
+/// two threads can deadlock, as with any locks (writer preference makes that
+/// include read-read-write cycles); take them in one order.
+///
+/// # Protocol
+/// A read stores `n + 1` to the thread's own slot, issues one SeqCst fence
+/// and loads the state word; a writer CASes `WRITER` into the state word,
+/// issues one SeqCst fence and waits until every slot is 0. Of the two
+/// fences one comes first in the single SeqCst order, so of a reader and a
+/// writer that overlap, at least one sees the other and waits. Thread slots
+/// are handed out per live thread and only reused once no guard taken under
+/// them is alive. The full write-up (states, transitions, orderings, loom
+/// models) is at the top of `src/raw_rwlock.rs`.
 ///
 /// Guards stay on their thread, and the lock shares `T` only if `T: Sync`:
 ///
@@ -149,7 +165,7 @@ impl<T> ShardedRwLock<T> {
     #[inline]
     pub fn read(&self) -> ShardedReadGuard<'_, T> {
         // SAFETY: this lock always uses its own slots, column 0.
-        unsafe { self.cell.read(&self.slots, 0) }
+        unsafe { self.cell.read(&self.slots, 0, false) }
     }
 
     /// Locks for writing, waiting for readers and writers to leave.

@@ -1,20 +1,45 @@
-//! Small, dense, reusable thread indices.
+//! Small, dense, reusable thread indices, and a unique thread identity.
 //!
-//! Each thread that touches a lock gets the lowest free index on first use and
-//! returns it when the thread exits, so a process with T live threads uses
-//! indices `0..T`. A lock gives the first few indices a reader slot of their
-//! own, which the owner writes with plain stores (see [`crate::raw_rwlock`]).
+//! Each thread that touches a lock gets the lowest free index on first use. A
+//! lock gives the first few indices a reader slot of their own, which the
+//! owner writes with plain stores (see [`crate::raw_rwlock`]), so an index
+//! may only pass to another thread once nothing can store through it again.
+//!
+//! # Lifecycle of an index
+//!
+//! | state      | `index`        | meaning                                         |
+//! |------------|----------------|-------------------------------------------------|
+//! | fresh      | `UNASSIGNED`   | never used; the first [`current`] assigns one    |
+//! | live       | `i`            | this thread's; read guards count in `guards`     |
+//! | exiting    | `i`            | thread-locals are being torn down, guards remain |
+//! | given back | [`NO_INDEX`]   | no guard under `i` remains; `i` is free again     |
+//!
+//! The thread-local state ([`Local`]) has no destructor, so it stays usable
+//! while other thread-locals (which may hold guards) are destroyed. A second
+//! thread-local, [`ExitHook`], exists only for its destructor: it marks the
+//! thread exiting, and gives the index back at once if no read guard taken
+//! under it is alive. Otherwise the last such guard gives it back when it is
+//! dropped ([`guard_released`]). A guard that is leaked keeps its index
+//! forever: a lost index, never a shared one.
 //!
 //! `high_water()` bounds every index handed out so far. It only grows, and it
 //! is published (SeqCst) before the new index is ever used, so a writer that
 //! reads it after its own SeqCst fence sees every index whose slot store
 //! precedes that fence in the SeqCst order.
+//!
+//! [`thread_id`] is a separate, never-reused identity (a 64-bit counter),
+//! readable even during teardown; write-lock ownership is recorded with it.
+
+use std::cell::Cell;
 
 use crate::sync::{lock, thread_locals, AtomicUsize, Mutex, Ordering};
 
-/// The index of a thread whose index is gone (its thread-local was already
-/// destroyed). Such a thread uses the shared overflow slot.
+/// The index of a thread whose index is gone (it was given back during
+/// teardown). Such a thread uses the shared overflow slot.
 pub(crate) const NO_INDEX: usize = usize::MAX;
+
+/// The index of a thread that has not asked for one yet.
+const UNASSIGNED: usize = usize::MAX - 1;
 
 struct Registry {
     /// Indices returned by exited threads, and the next fresh one.
@@ -29,44 +54,128 @@ crate::sync::lazy_static! {
     };
 }
 
-struct Slot(usize);
-
-impl Slot {
-    fn acquire() -> Slot {
-        let reg = registry();
-        let index = {
-            let mut free = lock(&reg.free);
-            match free.0.iter().copied().enumerate().min_by_key(|&(_, i)| i) {
-                Some((pos, _)) => free.0.swap_remove(pos),
-                None => {
-                    free.1 += 1;
-                    free.1 - 1
-                }
+fn take_index() -> usize {
+    let reg = registry();
+    let index = {
+        let mut free = lock(&reg.free);
+        match free.0.iter().copied().enumerate().min_by_key(|&(_, i)| i) {
+            Some((pos, _)) => free.0.swap_remove(pos),
+            None => {
+                free.1 += 1;
+                free.1 - 1
             }
-        };
-        reg.high_water.fetch_max(index + 1, Ordering::SeqCst);
-        Slot(index)
+        }
+    };
+    reg.high_water.fetch_max(index + 1, Ordering::SeqCst);
+    index
+}
+
+fn give_back(index: usize) {
+    // loom tears thread-locals down after its statics, and every loom
+    // execution starts with a fresh registry: nothing to give back.
+    if !cfg!(loom) && index < UNASSIGNED {
+        lock(&registry().free).0.push(index);
     }
 }
 
-impl Drop for Slot {
+/// Per-thread state. No field needs dropping, so it is never destroyed
+/// before the thread's other thread-locals (see the module docs).
+struct Local {
+    index: Cell<usize>,
+    /// Read guards alive that were taken under `index`.
+    guards: Cell<usize>,
+    exiting: Cell<bool>,
+    /// [`thread_id`], or 0 before first use.
+    id: Cell<u64>,
+}
+
+/// Only its destructor matters: it runs when the thread exits.
+struct ExitHook;
+
+impl Drop for ExitHook {
     fn drop(&mut self) {
-        // loom tears thread-locals down after its statics, and every loom
-        // execution starts with a fresh registry: nothing to give back.
-        if !cfg!(loom) {
-            lock(&registry().free).0.push(self.0);
-        }
+        let _ = LOCAL.try_with(|local| {
+            local.exiting.set(true);
+            if local.guards.get() == 0 {
+                give_back(local.index.replace(NO_INDEX));
+            }
+        });
     }
 }
 
 thread_locals! {
-    static CURRENT: Slot = Slot::acquire();
+    static LOCAL: Local = const {
+        Local {
+            index: Cell::new(UNASSIGNED),
+            guards: Cell::new(0),
+            exiting: Cell::new(false),
+            id: Cell::new(0),
+        }
+    };
+    static EXIT_HOOK: ExitHook = const { ExitHook };
 }
 
-/// This thread's index, or [`NO_INDEX`] during thread teardown.
+/// This thread's index, or [`NO_INDEX`] once it was given back in teardown.
 #[inline]
 pub(crate) fn current() -> usize {
-    CURRENT.try_with(|slot| slot.0).unwrap_or(NO_INDEX)
+    LOCAL
+        .try_with(|local| match local.index.get() {
+            UNASSIGNED => assign(local),
+            index => index,
+        })
+        .unwrap_or(NO_INDEX)
+}
+
+#[cold]
+fn assign(local: &Local) -> usize {
+    // Registering the exit hook fails once teardown destroyed it: a thread
+    // that first locks from a thread-local destructor gets no index.
+    let index = if local.exiting.get() || EXIT_HOOK.try_with(|_| ()).is_err() {
+        NO_INDEX
+    } else {
+        take_index()
+    };
+    local.index.set(index);
+    index
+}
+
+/// Records a read guard taken under this thread's (real) index, which keeps
+/// the index from being given back while the guard lives.
+#[inline]
+pub(crate) fn guard_taken() {
+    let _ = LOCAL.try_with(|local| local.guards.set(local.guards.get() + 1));
+}
+
+/// The inverse of [`guard_taken`]; the last guard of an exiting thread gives
+/// its index back.
+#[inline]
+pub(crate) fn guard_released() {
+    let _ = LOCAL.try_with(|local| {
+        let left = local.guards.get() - 1;
+        local.guards.set(left);
+        if left == 0 && local.exiting.get() {
+            give_back(local.index.replace(NO_INDEX));
+        }
+    });
+}
+
+/// A never-reused, non-zero identity of this thread, available even while
+/// its thread-locals are torn down.
+#[inline]
+pub(crate) fn thread_id() -> u64 {
+    // Plain std atomic, not the shim: ids are only compared for equality, so
+    // loom has nothing to explore in how they are handed out.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    LOCAL
+        .try_with(|local| match local.id.get() {
+            0 => {
+                let id = NEXT.fetch_add(1, Ordering::Relaxed);
+                local.id.set(id);
+                id
+            }
+            id => id,
+        })
+        .unwrap_or(u64::MAX) // only under loom, whose thread-locals do go away
 }
 
 /// The machine's available parallelism, read once (it reads cgroup files).
@@ -112,5 +221,14 @@ mod tests {
         // Exited threads gave their indices back: a new thread reuses one.
         let again = std::thread::spawn(current).join().unwrap();
         assert!(again < high_water());
+    }
+
+    #[test]
+    fn thread_ids_are_unique_and_stable() {
+        let mine = thread_id();
+        assert_eq!(thread_id(), mine);
+        let other = std::thread::spawn(thread_id).join().unwrap();
+        assert_ne!(other, mine);
+        assert_ne!(other, 0);
     }
 }

@@ -116,7 +116,7 @@ use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
 use crate::RouterTable;
 use future::LockFuture;
 use lock_set::{depth, Plan};
-use node::{Node, NodeMode};
+use node::{Node, NodeMode, MAX_SHARED_HOLDERS};
 use queue::{Queue, QueueGuard, Status, Waiter};
 
 /// Nodes (idle ones included) the tree may have before a sweep removes the
@@ -124,6 +124,12 @@ use queue::{Queue, QueueGuard, Status, Waiter};
 /// few MiB. Under loom, 1: every node creation sweeps, so the models also
 /// explore sweeps racing acquires and releases.
 const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
+
+/// Nodes (besides the root) that may have one intention row per thread at
+/// once; further shallow nodes get one shared row. A wide node takes
+/// `(rows + 1) × 128` bytes, about 8.3 KiB on a 64-core host, so this bounds
+/// the wide nodes of one lock at about 2.1 MiB there.
+const WIDE_NODES: usize = 256;
 
 /// Why a lock request was not granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,8 +220,30 @@ pub(crate) enum Attempt<'q> {
 /// tree. See the module source for the protocol.
 ///
 /// # Panics
-/// Locking panics if more than 2^20 − 1 requests would hold `Read` on one
-/// path at once (the node's shared count), rather than corrupt the count.
+/// Locking panics if 2^20 − 1 requests already hold `Read` on one of its
+/// paths (the node's shared count is full), rather than corrupt the count;
+/// the request first undoes what it took, so nothing leaks. A request that
+/// is already queued waits for room instead.
+///
+/// # Deadlocks
+/// A thread that holds a guard and then *blocks* on a request that
+/// conflicts with it (holding `write(["a"])`, calling `read(["a", "b"])`)
+/// waits forever, as with two `Mutex::lock` calls. The lock cannot tell
+/// this apart from a legitimate wait: guards are `Send`, so the holder may
+/// have handed its guard to another thread that will drop it. Where code
+/// may re-enter, use [`try_lock`](Self::try_lock) or
+/// [`lock_timeout`](Self::lock_timeout), which return instead of waiting.
+///
+/// # Protocol
+/// A node per path prefix holds one shared word (S count, X bit, waiting
+/// flags) and, near the root, one intention-count row per thread, so readers
+/// under a common ancestor write no shared line. A request takes intention
+/// modes on every ancestor and its own mode on each path, fencing once per
+/// node; two conflicting requests each fence between their own write and
+/// their read of the other's, so one of them sees the other and backs out.
+/// Conflicting waiters queue under one mutex in id order and are granted by
+/// hand-off on release. The full write-up, with the orderings, is at the top
+/// of `src/path_lock/mod.rs`; loom models are in `loom-tests/`.
 ///
 /// ```
 /// use shardlock::{LockSet, PathLock};
@@ -244,6 +272,8 @@ pub struct PathLock {
     node_count: AtomicUsize,
     /// The node count at which the next creation sweeps first.
     sweep_at: AtomicUsize,
+    /// Wide nodes in `nodes` (see [`WIDE_NODES`]).
+    wide_nodes: AtomicUsize,
 }
 
 impl Default for PathLock {
@@ -277,6 +307,7 @@ impl PathLock {
             held: HeldCount::new(),
             node_count: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(IDLE_NODES),
+            wide_nodes: AtomicUsize::new(0),
         }
     }
 
@@ -373,13 +404,14 @@ impl PathLock {
     }
 
     /// Locks `set`, waiting at most `timeout`; on `Timeout` the request is
-    /// withdrawn and leaves no trace.
+    /// withdrawn and leaves no trace. A timeout too large to represent as a
+    /// deadline (`Duration::MAX`) means no deadline.
     pub fn lock_timeout(
         &self,
         set: &LockSet,
         timeout: Duration,
     ) -> Result<PathGuard<'_>, LockError> {
-        let held = self.lock_blocking(set, Some(Instant::now() + timeout))?;
+        let held = self.lock_blocking(set, Instant::now().checked_add(timeout))?;
         Ok(PathGuard { lock: self, held })
     }
 
@@ -467,15 +499,23 @@ impl PathLock {
     /// The fast path, then (if `enqueue`) the slow path; see the module docs.
     fn attempt(&self, plan: Plan, enqueue: bool, waker: Option<&std::task::Waker>) -> Attempt<'_> {
         let mut nodes = Vec::with_capacity(plan.node_count());
+        let mut full = false;
         for (key, mode) in plan.nodes() {
             match self.acquire_fast(key, mode) {
-                Some(node) => nodes.push((node, mode)),
-                None => break,
+                Ok(Some(node)) => nodes.push((node, mode)),
+                Ok(None) => break,
+                Err(Full) => {
+                    full = true;
+                    break;
+                }
             }
         }
         if nodes.len() < plan.node_count() {
             if self.release_nodes(&plan, &nodes) {
                 self.grant_pass(&mut self.lock_queue());
+            }
+            if full {
+                panic!("shardlock: {MAX_SHARED_HOLDERS} requests already read one path");
             }
             return self.slow_path(plan, None, enqueue, waker);
         }
@@ -503,6 +543,8 @@ impl PathLock {
         enqueue: bool,
         waker: Option<&std::task::Waker>,
     ) -> Attempt<'_> {
+        // Before any state changes: a panicking `Waker::clone` leaves nothing.
+        let waker = waker.cloned();
         let mut queue = self.lock_queue();
         if !enqueue {
             // A failed try_lock: any transient counts it left are gone; let
@@ -518,7 +560,6 @@ impl PathLock {
             .collect();
         // Flags first, then the id: see "Why FIFO holds".
         let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, SeqCst));
-        let waker = waker.cloned();
         queue.waiters.insert(
             id,
             Waiter {
@@ -535,18 +576,21 @@ impl PathLock {
     }
 
     /// Takes `mode` on the node at `key` if nothing held or waiting there
-    /// conflicts; `None` if something does.
-    fn acquire_fast(&self, key: &str, mode: NodeMode) -> Option<NodePtr> {
-        let (node, waiters) = self.with_node(key, |node| {
-            let (taken, waiters) = node.try_acquire(mode);
-            (taken.then(|| NodePtr::new(node)), waiters)
+    /// conflicts; `None` if something does, `Full` if its S count is.
+    fn acquire_fast(&self, key: &str, mode: NodeMode) -> Result<Option<NodePtr>, Full> {
+        let (node, outcome) = self.with_node(key, |node| {
+            let outcome = node.try_acquire(mode);
+            (outcome.taken.then(|| NodePtr::new(node)), outcome)
         });
-        if waiters {
+        if outcome.saw_waiters {
             // A failed attempt's transient counts may have turned a waiter
             // away: let the queue look again.
             self.grant_pass(&mut self.lock_queue());
         }
-        node
+        if outcome.full {
+            return Err(Full);
+        }
+        Ok(node)
     }
 
     /// Sets `flags` on the node at `key` and returns it. Called with the
@@ -586,6 +630,9 @@ impl PathLock {
                 let idle = node.is_idle();
                 if idle {
                     self.node_count.fetch_sub(1, SeqCst);
+                    if node.is_wide() {
+                        self.wide_nodes.fetch_sub(1, SeqCst);
+                    }
                 }
                 !idle
             });
@@ -594,7 +641,12 @@ impl PathLock {
         }
         self.nodes.get_or_insert_with(key.into(), || {
             self.node_count.fetch_add(1, SeqCst);
-            Arc::new(Node::new(depth(key)))
+            let shallow = depth(key) <= node::DISTRIBUTED_DEPTH;
+            let wide = shallow && self.wide_nodes.fetch_add(1, SeqCst) < WIDE_NODES;
+            if shallow && !wide {
+                self.wide_nodes.fetch_sub(1, SeqCst); // over budget: narrow
+            }
+            Arc::new(Node::new(wide))
         });
     }
 
@@ -692,6 +744,9 @@ impl PathLock {
         self.grant_pass(queue);
     }
 }
+
+/// A node's S count is full (see [`MAX_SHARED_HOLDERS`]).
+struct Full;
 
 /// Removes and returns request `id` if it has been granted.
 pub(crate) fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {

@@ -123,19 +123,32 @@ pub(crate) struct Node {
 }
 
 /// Nodes this deep or shallower (the root is 0) count intention modes per
-/// thread; deeper ones, far more numerous and far less shared, use one row.
+/// thread (if the lock's budget of wide nodes allows); deeper ones, far more
+/// numerous and far less shared, use one row.
 pub(crate) const DISTRIBUTED_DEPTH: usize = 2;
+
+/// What one attempt to take a mode on a node came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// The mode is held.
+    pub(crate) taken: bool,
+    /// A waiting flag was seen while backing out: the caller must run a
+    /// grant pass.
+    pub(crate) saw_waiters: bool,
+    /// Not taken because the S count is full ([`MAX_SHARED_HOLDERS`]).
+    pub(crate) full: bool,
+}
 
 impl Default for Node {
     fn default() -> Self {
-        Node::new(0)
+        Node::new(true)
     }
 }
 
 impl Node {
-    /// A node at `depth` segments below the root.
-    pub(crate) fn new(depth: usize) -> Self {
-        let rows = if depth <= DISTRIBUTED_DEPTH {
+    /// A node with one intention row per thread (`wide`) or a single one.
+    pub(crate) fn new(wide: bool) -> Self {
+        let rows = if wide {
             crate::raw_rwlock::default_rows() + 1
         } else {
             1
@@ -146,6 +159,11 @@ impl Node {
                 .map(|_| CachePadded::new([AtomicU64::new(0), AtomicU64::new(0)]))
                 .collect(),
         }
+    }
+
+    /// Whether it has a row per thread.
+    pub(crate) fn is_wide(&self) -> bool {
+        self.rows.len() > 1
     }
 
     /// Adds `delta` (wrapping) to this thread's IS (`0`) or IX (`1`) count.
@@ -184,10 +202,14 @@ impl Node {
     }
 
     /// Takes `mode` unless something held, or (with `respect_waiters`)
-    /// something waiting, conflicts. On failure nothing is left behind
-    /// except transient counts; returns `(taken, saw_waiters)`, where
-    /// `saw_waiters` asks the caller for a grant pass.
-    fn acquire(&self, mode: NodeMode, respect_waiters: bool) -> (bool, bool) {
+    /// something waiting, conflicts, or the S count is full. On failure
+    /// nothing is left behind except transient counts.
+    fn acquire(&self, mode: NodeMode, respect_waiters: bool) -> Outcome {
+        let refused = |full| Outcome {
+            taken: false,
+            saw_waiters: false,
+            full,
+        };
         let conflicting = mode.conflicting();
         let strong_blockers = (if conflicting & S != 0 { S_MASK } else { 0 })
             | if conflicting & X != 0 { X_BIT } else { 0 };
@@ -197,12 +219,10 @@ impl Node {
             let mut state = self.shared.load(SeqCst);
             loop {
                 if state & (strong_blockers | wait_blockers) != 0 {
-                    return (false, false);
+                    return refused(false);
                 }
                 if mode.has(S) && state & S_MASK == S_MASK {
-                    panic!(
-                        "shardlock: more than {MAX_SHARED_HOLDERS} requests read one path at once"
-                    );
+                    return refused(true);
                 }
                 match self
                     .shared
@@ -224,20 +244,28 @@ impl Node {
             (conflicting & IS != 0 && is != 0) || (conflicting & IX != 0 && ix != 0)
         };
         if weak_conflict || strong_conflict {
-            return (false, self.release(mode));
+            return Outcome {
+                taken: false,
+                saw_waiters: self.release(mode),
+                full: false,
+            };
         }
-        (true, false)
+        Outcome {
+            taken: true,
+            saw_waiters: false,
+            full: false,
+        }
     }
 
     /// The fast path: takes `mode` if nothing held *or waiting* conflicts.
-    pub(crate) fn try_acquire(&self, mode: NodeMode) -> (bool, bool) {
+    pub(crate) fn try_acquire(&self, mode: NodeMode) -> Outcome {
         self.acquire(mode, true)
     }
 
     /// A grant from the queue (which has ruled out earlier waiters): takes
-    /// `mode` if nothing *held* conflicts.
+    /// `mode` if nothing *held* conflicts (and the S count has room).
     pub(crate) fn try_grant(&self, mode: NodeMode) -> bool {
-        self.acquire(mode, false).0
+        self.acquire(mode, false).taken
     }
 
     /// Drops `mode`; returns whether any waiting flag is set, in which case
@@ -308,12 +336,12 @@ mod tests {
         for (r, want) in modes.iter().zip(ok) {
             for (h, want) in modes.iter().zip(want) {
                 let node = Node::default();
-                assert!(node.try_acquire(*h).0);
-                assert_eq!(node.try_acquire(*r).0, want, "{r:?} vs held {h:?}");
+                assert!(node.try_acquire(*h).taken);
+                assert_eq!(node.try_acquire(*r).taken, want, "{r:?} vs held {h:?}");
                 // Waiting flags block the same way, on the fast path only.
                 let node = Node::default();
                 node.set_flags(h.wait_flags());
-                assert_eq!(node.try_acquire(*r).0, want, "{r:?} vs waiting {h:?}");
+                assert_eq!(node.try_acquire(*r).taken, want, "{r:?} vs waiting {h:?}");
                 let node = Node::default();
                 node.set_flags(h.wait_flags());
                 assert!(node.try_grant(*r), "grants ignore waiting flags");
@@ -324,12 +352,12 @@ mod tests {
     #[test]
     fn failed_acquires_and_releases_restore_idle() {
         let node = Node::default();
-        assert!(node.try_acquire(NodeMode(S | IX)).0);
-        assert!(!node.try_acquire(NodeMode(IX)).0);
-        assert!(!node.try_acquire(NodeMode(S)).0);
+        assert!(node.try_acquire(NodeMode(S | IX)).taken);
+        assert!(!node.try_acquire(NodeMode(IX)).taken);
+        assert!(!node.try_acquire(NodeMode(S)).taken);
         assert!(!node.release(NodeMode(S | IX)));
         assert!(node.is_idle());
-        assert!(node.try_acquire(NodeMode(IS)).0);
+        assert!(node.try_acquire(NodeMode(IS)).taken);
         node.set_flags(NodeMode(X).wait_flags());
         assert!(node.release(NodeMode(IS)), "a release reports waiters");
         node.clear_flags(NodeMode(X).wait_flags());
@@ -339,12 +367,12 @@ mod tests {
     #[test]
     fn a_hold_released_on_another_thread_balances() {
         let node = std::sync::Arc::new(Node::default());
-        assert!(node.try_acquire(NodeMode(IS)).0);
+        assert!(node.try_acquire(NodeMode(IS)).taken);
         let other = node.clone();
         std::thread::spawn(move || other.release(NodeMode(IS)))
             .join()
             .unwrap();
         assert!(node.is_idle());
-        assert!(node.try_acquire(NodeMode(X)).0);
+        assert!(node.try_acquire(NodeMode(X)).taken);
     }
 }

@@ -10,17 +10,18 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use super::RouterTable;
 
 impl<K: Serialize, V: Serialize, S> Serialize for RouterTable<K, V, S> {
-    /// Serializes a weakly consistent snapshot (see [`RouterTable::for_each`]).
+    /// Serializes a consistent snapshot, length first (so length-prefixed
+    /// formats such as bincode work): every shard is read-locked for the
+    /// duration, so writers wait meanwhile.
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        let mut result = Ok(());
-        self.for_each(|k, v| {
-            if result.is_ok() {
-                result = map.serialize_entry(k, v);
+        self.with_all_read(|shards| {
+            let len = shards.iter().map(|shard| shard.len()).sum();
+            let mut map = serializer.serialize_map(Some(len))?;
+            for (k, v) in shards.iter().flat_map(|shard| shard.iter()) {
+                map.serialize_entry(k, v)?;
             }
-        });
-        result?;
-        map.end()
+            map.end()
+        })
     }
 }
 
