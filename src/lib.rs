@@ -24,6 +24,10 @@ mod router_table;
 mod sharded_rwlock;
 mod sync;
 mod thread_index;
+mod unwind;
+
+#[cfg(all(test, not(loom)))]
+mod test_support;
 
 pub use path_lock::{LockError, LockSet, Mode, OwnedPathGuard, PathGuard, PathLock, PathLockStats};
 pub use router_table::RouterTable;

@@ -263,6 +263,15 @@ impl<K, V> LinearMap<K, V> {
         }
     }
 
+    /// The entries, by value.
+    pub(crate) fn into_entries(self) -> impl Iterator<Item = (K, V)> {
+        self.slots
+            .into_vec()
+            .into_iter()
+            .flatten()
+            .map(|b| (b.key, b.value))
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.slots.iter().flatten().map(|b| (&b.key, &b.value))
     }

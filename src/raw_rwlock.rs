@@ -594,11 +594,9 @@ pub(crate) struct RawReadGuard<'a> {
 impl<'a> RawReadGuard<'a> {
     #[inline]
     fn new(lock: &'a RawRwLock, slot: ReadSlot<'a>) -> Self {
-        if let ReadSlot::Own(_) = slot {
-            // The row's index must not pass to another thread while this
-            // guard can still store to it (see `thread_index`).
-            thread_index::guard_taken();
-        }
+        // The thread's index must not pass to another thread while this
+        // guard can still store to its row (see `thread_index`).
+        thread_index::guard_taken();
         RawReadGuard {
             lock,
             slot,
@@ -611,9 +609,7 @@ impl Drop for RawReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.lock.leave(&self.slot);
-        if let ReadSlot::Own(_) = self.slot {
-            thread_index::guard_released();
-        }
+        thread_index::guard_released();
     }
 }
 

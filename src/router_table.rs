@@ -325,20 +325,17 @@ impl<K, V, S> RouterTable<K, V, S> {
     }
 
     /// Removes every entry, one shard at a time. The entries are dropped
-    /// after each shard's lock is released; if a `Drop` panics, the other
-    /// shards are still cleared and the first panic then resumes.
+    /// after each shard's lock is released; if a `Drop` panics, every other
+    /// entry is still dropped and every shard cleared, and the first panic
+    /// then resumes.
     pub fn clear(&self) {
-        let mut first_panic = None;
-        for index in 0..self.shards.len() {
-            let fresh = LinearMap::with_capacity(self.min_shard_capacity);
-            let old = self.with_write(index, |map| std::mem::replace(map, fresh));
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| drop(old))) {
-                first_panic.get_or_insert(payload);
-            }
-        }
-        if let Some(payload) = first_panic {
-            panic::resume_unwind(payload);
-        }
+        let old: Vec<LinearMap<K, V>> = (0..self.shards.len())
+            .map(|index| {
+                let fresh = LinearMap::with_capacity(self.min_shard_capacity);
+                self.with_write(index, |map| std::mem::replace(map, fresh))
+            })
+            .collect();
+        crate::unwind::each_then_resume(old.into_iter().flat_map(LinearMap::into_entries), drop);
     }
 
     /// The number of entries (a sum over shards, each read at a different
@@ -604,3 +601,6 @@ impl<K: Hash + Eq, V> FromIterator<(K, V)> for RouterTable<K, V> {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, not(loom)))]
+mod regressions;

@@ -317,3 +317,6 @@ impl<T: fmt::Debug> fmt::Debug for ShardedWriteGuard<'_, T> {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, not(loom)))]
+mod regressions;

@@ -794,4 +794,6 @@ impl HeldCount {
 }
 
 #[cfg(all(test, not(loom)))]
+mod regressions;
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -300,6 +300,13 @@ impl Node {
         self.shared.fetch_and(!flags, SeqCst);
     }
 
+    /// Sets the S count, as if `count` requests held S here.
+    #[cfg(test)]
+    pub(crate) fn set_shared_count(&self, count: u64) {
+        let state = self.shared.load(SeqCst);
+        self.shared.store((state & !S_MASK) | count, SeqCst);
+    }
+
     /// Nothing held or waiting. Exact under the table's shard write lock
     /// (where sweeps call it), which excludes every acquire and release.
     pub(crate) fn is_idle(&self) -> bool {

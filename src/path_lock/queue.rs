@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -91,24 +90,9 @@ impl Drop for QueueGuard<'_> {
         if let Some(mut guard) = self.0.take() {
             let wakers = std::mem::take(&mut guard.to_wake);
             drop(guard);
-            wake_all(wakers);
-        }
-    }
-}
-
-/// Wakes every waker, even if one panics (a granted waiter that is never
-/// woken would wait forever); the first panic then resumes, unless this
-/// thread is already unwinding.
-fn wake_all(wakers: Vec<Waker>) {
-    let mut first_panic = None;
-    for waker in wakers {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
-            first_panic.get_or_insert(payload);
-        }
-    }
-    if let Some(payload) = first_panic {
-        if !std::thread::panicking() {
-            resume_unwind(payload);
+            // Every one, even if one panics: a granted waiter that is never
+            // woken would wait forever.
+            crate::unwind::each_then_resume(wakers, Waker::wake);
         }
     }
 }

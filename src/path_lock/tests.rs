@@ -9,7 +9,7 @@ use super::{LockError, LockSet, PathLock, PathLockStats};
 
 /// Counts its wake-ups.
 #[derive(Default)]
-struct CountingWaker(AtomicUsize);
+pub(super) struct CountingWaker(pub(super) AtomicUsize);
 
 impl Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
@@ -21,7 +21,7 @@ fn poll<F: Future>(future: &mut Pin<Box<F>>, waker: &Waker) -> Poll<F::Output> {
     future.as_mut().poll(&mut Context::from_waker(waker))
 }
 
-fn waker() -> (Arc<CountingWaker>, Waker) {
+pub(super) fn waker() -> (Arc<CountingWaker>, Waker) {
     let counter = Arc::new(CountingWaker::default());
     (counter.clone(), Waker::from(counter))
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::RouterTable;
+use crate::test_support::panic_message;
 
 fn small() -> RouterTable<u64, u64> {
     // Few shards keep miri fast and make shard collisions likely.
@@ -139,15 +140,6 @@ fn reads_inside_get_with_and_for_each_work() {
     let mut total = 0;
     table.for_each(|k, _| total += table.get(k).unwrap());
     assert_eq!(total, (0..20).sum::<u64>());
-}
-
-fn panic_message(result: std::thread::Result<()>) -> String {
-    let payload = result.expect_err("expected a panic");
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
 }
 
 #[test]

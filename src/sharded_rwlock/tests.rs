@@ -2,6 +2,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Barrier};
 
 use super::ShardedRwLock;
+use crate::test_support::panic_message;
 
 #[test]
 fn read_write_try_and_accessors() {
@@ -36,28 +37,20 @@ fn reads_are_reentrant() {
     assert!(lock.try_write().is_some());
 }
 
-fn message(result: std::thread::Result<()>) -> String {
-    let payload = result.expect_err("expected a panic");
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-}
-
 #[test]
 fn self_deadlocks_panic_and_leave_the_lock_free() {
     let lock = ShardedRwLock::new(0);
-    let msg = message(catch_unwind(AssertUnwindSafe(|| {
+    let msg = panic_message(catch_unwind(AssertUnwindSafe(|| {
         let _r = lock.read();
         let _w = lock.write();
     })));
     assert!(msg.contains("holds a read lock"), "{msg}");
-    let msg = message(catch_unwind(AssertUnwindSafe(|| {
+    let msg = panic_message(catch_unwind(AssertUnwindSafe(|| {
         let _w = lock.write();
         let _r = lock.read();
     })));
     assert!(msg.contains("holds the write lock"), "{msg}");
-    let msg = message(catch_unwind(AssertUnwindSafe(|| {
+    let msg = panic_message(catch_unwind(AssertUnwindSafe(|| {
         let _w = lock.write();
         let _w2 = lock.write();
     })));
