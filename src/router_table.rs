@@ -173,8 +173,8 @@ fn default_shards() -> usize {
 /// An empty table takes one padded 128-byte line per shard plus its reader
 /// slots: `(rows + 1) × ⌈shards / 16⌉ × 128` bytes, where `rows` is
 /// `clamp(2 × cores, 4, 64)` and `shards` defaults to
-/// `clamp((16 × cores).next_power_of_two(), 16, 256)`. That is about 6 KiB
-/// on 2 cores and at most about 165 KiB (64 cores and up). For many small
+/// `clamp((16 × cores).next_power_of_two(), 16, 256)`. That is 5,376 bytes
+/// on 2 cores and at most 165,888 bytes (64 cores and up). For many small
 /// tables on a large host, [`with_shards`](Self::with_shards) with few
 /// shards brings it down to a few KiB.
 ///

@@ -126,9 +126,9 @@ use queue::{Queue, QueueGuard, Status, Waiter};
 const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
 
 /// Nodes (besides the root) that may have one intention row per thread at
-/// once; further shallow nodes get one shared row. A wide node takes
-/// `(rows + 1) × 128` bytes, about 8.3 KiB on a 64-core host, so this bounds
-/// the wide nodes of one lock at about 2.1 MiB there.
+/// once; further shallow nodes get one shared row. A wide node's rows take
+/// `(rows + 1) × 128` bytes, 8,320 on a 64-core host, so this bounds the
+/// wide rows of one lock at about 2.1 MB there.
 const WIDE_NODES: usize = 256;
 
 /// Why a lock request was not granted.
