@@ -54,6 +54,7 @@ pub(crate) enum Nesting {
     NestedRead,
 }
 
+#[inline]
 fn innermost() -> *const Frame {
     INNERMOST.try_with(Cell::get).unwrap_or(ptr::null())
 }

@@ -49,7 +49,10 @@ fn empty_table_and_node_footprints_follow_the_documented_formulas() {
     let slots = (rows + 1) * shards.div_ceil(16) * 128;
     let documented = slots + shards * 128;
     println!("empty RouterTable on {cores} cores: {bytes} bytes (documented {documented})");
-    assert_eq!(bytes, documented, "an empty table's footprint drifted from the docs");
+    assert_eq!(
+        bytes, documented,
+        "an empty table's footprint drifted from the docs"
+    );
 
     // A shallow node has one 128-byte intention row per thread row plus an
     // overflow row; a deep one has a single row.
@@ -71,7 +74,10 @@ fn empty_table_and_node_footprints_follow_the_documented_formulas() {
     // At most 256 wide nodes besides the root (3 so far): past that, new
     // shallow nodes get one row.
     let names: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
-    let held: Vec<_> = names[..260].iter().map(|n| lock.read([n.as_str()])).collect();
+    let held: Vec<_> = names[..260]
+        .iter()
+        .map(|n| lock.read([n.as_str()]))
+        .collect();
     let (guard, narrow) = heap_bytes(|| lock.read([names[299].as_str()]));
     println!("PathLock: a shallow node past the wide budget took {narrow} bytes");
     assert!(narrow <= row + 1024, "over budget: {narrow} bytes");
