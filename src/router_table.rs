@@ -133,7 +133,8 @@ fn default_shards() -> usize {
 ///     nested reads on two threads cannot deadlock; writes panic at once;
 ///   * under a write lock (`update`, `retain`, `remove_if` and
 ///     `get_or_insert_with` closures; `K::eq` in write lookups; the `Drop`
-///     of a key or value replaced or removed by `insert` or `retain`), any
+///     of entries `retain` removes, and of the key `insert` or
+///     `get_or_insert_with` was given when the table already had it), any
 ///     call on the same table panics at once.
 ///
 ///   `K::hash` runs before any lock is taken, and values returned to the
