@@ -1,7 +1,8 @@
 //! Helpers shared by the unit tests.
 
+use std::any::Any;
 use std::cell::RefCell;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 /// The message of a panic that `result` must hold.
@@ -49,6 +50,16 @@ pub(crate) fn at_thread_exit(f: impl FnOnce() + 'static) {
 }
 
 /// Leaks `value` for a `'static` borrow (tests of thread exit need one).
-pub(crate) fn leak<T>(value: T) -> &'static T {
-    Box::leak(Box::new(value))
+/// The borrow is also kept in a static, so miri's leak check counts it as
+/// reachable rather than lost.
+pub(crate) fn leak<T: Send + Sync + 'static>(value: T) -> &'static T {
+    leak_box(Box::new(value))
+}
+
+/// [`leak`] for a value already boxed (its address stays put).
+pub(crate) fn leak_box<T: Send + Sync + 'static>(value: Box<T>) -> &'static T {
+    static KEPT: Mutex<Vec<&'static (dyn Any + Send + Sync)>> = Mutex::new(Vec::new());
+    let leaked: &'static T = Box::leak(value);
+    KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(leaked);
+    leaked
 }

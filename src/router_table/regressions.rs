@@ -120,7 +120,7 @@ impl Eq for EqKey {}
 /// fell in another shard, and deadlock when a writer was queued).
 #[test]
 fn user_clone_and_eq_under_shard_locks_are_covered() {
-    let other: &'static Table = Box::leak(Box::new(two_shards()));
+    let other: &'static Table = leak(two_shards());
     let values: RouterTable<u64, Meddler> = RouterTable::with_shards(2, 0, Default::default());
     values.insert(3, Meddler(3));
     TARGET.set(Some(other));
@@ -129,7 +129,7 @@ fn user_clone_and_eq_under_shard_locks_are_covered() {
     assert_eq!(other.get(&1003), Some(0));
 
     let keys: &'static RouterTable<EqKey, u64> =
-        Box::leak(Box::new(RouterTable::with_shards(2, 0, Default::default())));
+        leak(RouterTable::with_shards(2, 0, Default::default()));
     for k in 0..8 {
         keys.insert(EqKey(k), k);
     }
@@ -174,7 +174,7 @@ fn a_clone_writing_its_own_table_panics_even_with_a_writer_queued() {
     }
     let msg = finishes("clone inserting into its own table", || {
         let table: &'static RouterTable<u64, Cloner> =
-            Box::leak(Box::new(RouterTable::with_shards(1, 0, Default::default())));
+            leak(RouterTable::with_shards(1, 0, Default::default()));
         table.insert(7, Cloner);
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(10));

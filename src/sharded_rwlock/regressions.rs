@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
-use crate::test_support::{at_thread_exit, leak};
+use crate::test_support::{at_thread_exit, leak, leak_box};
 use crate::thread_index;
 
 /// Runs `f` on a thread with more live threads than any lock has own rows,
@@ -63,7 +63,7 @@ fn a_leaked_overflow_guard_does_not_vouch_for_a_new_lock_at_its_address() {
             eprintln!("the allocator never reused the address: nothing to show");
             return;
         };
-        let lock: &'static ShardedRwLock<u64> = Box::leak(lock); // stays put
+        let lock: &'static ShardedRwLock<u64> = leak_box(lock); // stays put
         let (held, release) = (mpsc::channel(), mpsc::channel::<()>());
         let writer = {
             std::thread::spawn(move || {
