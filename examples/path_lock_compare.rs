@@ -135,7 +135,7 @@ fn main() {
         .collect();
     let pick = |t: usize, i: u64| {
         let k = (i.wrapping_mul(2_654_435_761) as usize + t * 1237) % paths.len();
-        (&paths[k], i % 20 == 0)
+        (&paths[k], i.is_multiple_of(20))
     };
     let mixed_pathlock = median(
         (0..3)

@@ -40,7 +40,7 @@ fn matches_a_hash_map_under_churn_with_colliding_hashes() {
     for step in 0..steps {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let k = (x >> 16) % 40;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             let got = map.find(h(k), |y| *y == k).map(|i| map.remove_at(i).1);
             assert_eq!(got, model.remove(&k));
         } else {
