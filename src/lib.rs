@@ -16,7 +16,7 @@
     clippy::undocumented_unsafe_blocks
 )]
 
-mod linear_map;
+mod epoch;
 mod path_lock;
 mod raw_rwlock;
 mod reentrancy;

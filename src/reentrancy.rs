@@ -84,13 +84,12 @@ fn check_frames(mut frame: *const Frame, table: usize, write: bool) -> Nesting {
                 (Access::Exclusive, _) => panic!(
                     "shardlock: RouterTable used from code it runs under a shard write lock \
                      (an update/retain/remove_if/get_or_insert_with closure, or a key or \
-                     value's Eq/Drop during a write); this would deadlock"
+                     value's Eq/Clone during a write); this would deadlock"
                 ),
                 (Access::Shared, true) => panic!(
-                    "shardlock: RouterTable written from code it runs under a shard read lock \
+                    "shardlock: RouterTable written from code it runs during a read of it \
                      (a get_with/for_each closure, or a key or value's Clone/Eq during a \
-                     read); only reads of the same table are allowed there (a write would \
-                     deadlock)"
+                     read); only reads of the same table are allowed there"
                 ),
                 (Access::Shared, false) => nesting = Nesting::NestedRead,
             }

@@ -12,92 +12,33 @@
 //! back until the fence completes. The hint synchronizes nothing; a stale
 //! one costs a useless prefetch.
 
+//! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
+//!
+//! Readers take no lock: they pin the thread ([`crate::epoch`]) and probe
+//! the shard's current table of immutable nodes ([`shard`], which describes
+//! the layout and the protocol). Writers lock one shard's mutex, publish new
+//! nodes and tables, and retire what they unlink; retired memory is freed
+//! once no pinned reader can reach it.
+
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-
-use std::ops::{Deref, DerefMut};
-// Deliberately std, not the sync shim: see `SlotHint`.
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::ptr;
 
 use crossbeam_utils::CachePadded;
 
-use crate::linear_map::LinearMap;
-use crate::raw_rwlock::ReaderSlots;
-use crate::reentrancy::{self, Access, Nesting};
-use crate::sharded_rwlock::{LockedCell, ShardedReadGuard, ShardedWriteGuard};
+use crate::epoch;
+use crate::reentrancy::{self, Access};
+use crate::sync::AtomicPtr;
+
+mod shard;
+
+use shard::{Head, Locked, Retired, Writer};
 
 #[cfg(feature = "serde")]
 mod serde;
-
-/// One shard, padded so that neighbouring shards' lock words never share a
-/// line.
-struct Shard<K, V> {
-    map: LockedCell<LinearMap<K, V>>,
-    hint: SlotHint,
-}
-
-/// Where a shard's slot array lives, copied out of the lock for prefetching.
-/// Written (Relaxed) by each writer before it unlocks, read (Relaxed) before
-/// locking. Plain std atomics, outside the sync shim: nothing is ever
-/// concluded from them, so loom has nothing to explore.
-#[derive(Default)]
-struct SlotHint {
-    /// Tag array address, slot array address, index mask.
-    home: [AtomicUsize; 3],
-}
-
-impl SlotHint {
-    fn publish<K, V>(&self, map: &LinearMap<K, V>) {
-        for (hint, value) in self.home.iter().zip(map.home()) {
-            hint.store(value, Relaxed);
-        }
-    }
-
-    /// Starts loading `hash`'s home tag and home slot into the cache.
-    #[inline(always)]
-    fn prefetch<K, V>(&self, hash: u64) {
-        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let [tags, slots, mask] = [0, 1, 2].map(|i| self.home[i].load(Relaxed));
-            let (tag, slot) = LinearMap::<K, V>::home_offsets(hash, mask);
-            for address in [tags.wrapping_add(tag), slots.wrapping_add(slot)] {
-                // SAFETY: a prefetch is only a hint: it never faults or reads
-                // memory in the abstract machine, whatever the address (here
-                // one in or near a map's arrays, possibly since freed).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(address as *const i8) };
-            }
-        }
-        let _ = hash;
-    }
-}
-
-/// A shard's write guard; publishes the shard's [`SlotHint`] on unlock.
-struct ShardWrite<'a, K, V> {
-    guard: ShardedWriteGuard<'a, LinearMap<K, V>>,
-    hint: &'a SlotHint,
-}
-
-impl<K, V> Deref for ShardWrite<'_, K, V> {
-    type Target = LinearMap<K, V>;
-    fn deref(&self) -> &LinearMap<K, V> {
-        &self.guard
-    }
-}
-
-impl<K, V> DerefMut for ShardWrite<'_, K, V> {
-    fn deref_mut(&mut self) -> &mut LinearMap<K, V> {
-        &mut self.guard
-    }
-}
-
-impl<K, V> Drop for ShardWrite<'_, K, V> {
-    fn drop(&mut self) {
-        self.hint.publish(&self.guard);
-    }
-}
 
 /// How many shards a table gets.
 fn default_shards() -> usize {
@@ -109,48 +50,65 @@ fn default_shards() -> usize {
         .clamp(16, 256)
 }
 
+/// Drops retired entries after their shard's lock is released; if a `Drop`
+/// panics, the rest are still dropped and the first panic then resumes.
+fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
+    if !garbage.is_empty() {
+        crate::unwind::each_then_resume(garbage, drop);
+    }
+}
+
 /// A concurrent hash map for read-mostly maps, such as a server's
 /// socket address → peer table.
 ///
-/// Sharded: a key's shard is chosen from its hash, and each shard is an
-/// open-addressing table behind a [`ShardedRwLock`](crate::ShardedRwLock)-style
-/// lock whose read path writes only the reading thread's own cache line.
-/// Lookups therefore scale with cores; writes lock one shard.
+/// Sharded: a key's shard is chosen from its hash. Reads take no lock: they
+/// execute no atomic read-modify-write and no StoreLoad fence, and write
+/// only the reading thread's own cache line, so lookups scale with cores and
+/// never wait for a writer. Writes lock one shard and publish immutable
+/// entries, so a reader never sees a value while it changes; memory they
+/// unlink is reclaimed by epochs.
 ///
 /// # Semantics
 /// * Every single-key operation is linearizable.
 /// * [`for_each`](Self::for_each) and [`retain`](Self::retain) visit one shard
 ///   at a time. They are weakly consistent (an entry changed meanwhile may be
-///   seen before or after the change) and hold each shard's lock only for
-///   that shard's entries, so writers to other shards never wait for them.
+///   seen before or after the change); `retain` holds each shard's lock only
+///   for that shard's entries, and `for_each` holds none.
 /// * No references escape: values are returned by clone or seen inside a
-///   closure, so no guard can be held across a write or an `.await`.
-/// * Closures and reentrancy. User code that runs under a shard lock is
-///   covered by one rule, whether it is a closure or a trait impl:
-///   * under a read lock (`get_with` and `for_each` closures; `V::clone` in
+///   closure, so nothing can be held across a write or an `.await`.
+/// * Values are immutable once published. `update` and `retain` change a
+///   *clone* of the value and publish it whole (so they need `K: Clone` and
+///   `V: Clone`); `insert` over a key publishes a new entry with the key it
+///   was given. `insert`, `remove` and `remove_if` return a clone of the
+///   value they replaced or removed (so they need `V: Clone`): the original
+///   is dropped, exactly once, after every reader that could still see it
+///   has moved on.
+/// * Closures and reentrancy. User code a table runs is covered by one rule,
+///   whether it is a closure or a trait impl:
+///   * during a read (`get_with` and `for_each` closures; `V::clone` in
 ///     `get` and `get_or_insert_with`; `K::eq` in every lookup), reads of
-///     the same table work, and never wait behind a queued writer, so
-///     nested reads on two threads cannot deadlock; writes panic at once;
-///   * under a write lock (`update`, `retain`, `remove_if` and
-///     `get_or_insert_with` closures; `K::eq` in write lookups; the `Drop`
-///     of entries `retain` removes, and of the key `insert` or
-///     `get_or_insert_with` was given when the table already had it), any
-///     call on the same table panics at once.
+///     the same table work (they never wait for anything); writes panic at
+///     once;
+///   * under a shard's write lock (`update`, `retain`, `remove_if` and
+///     `get_or_insert_with` closures; `K::eq`, `K::clone` and `V::clone` in
+///     writes), any call on the same table panics at once.
 ///
-///   `K::hash` runs before any lock is taken, and values returned to the
-///   caller (by `insert`, `remove`, `clear`...) are dropped after the lock is
-///   released, so they are unrestricted. Nothing deadlocks silently *within
-///   one table*.
-/// * Several tables: code under one table's lock may use another table, but
-///   then the two tables are two locks, and the usual lock-ordering rule
-///   applies: `a.update(k, |_| b.insert(..))` on one thread and
-///   `b.update(k, |_| a.insert(..))` on another can deadlock, as two
-///   `Mutex`es taken in opposite orders do. Take them in one global order,
-///   or move the inner call out of the closure.
-/// * Panics: a closure that panics releases every lock. If an `update` or
-///   `retain` closure panics, the entry it was changing is removed, so no
-///   half-written value is ever visible; the panic then resumes. A panicking
-///   `Drop` during `clear` leaves every shard cleared.
+///   `K::hash` runs before any lock is taken, and every entry a table drops
+///   (the values replaced or removed, the key `insert` or
+///   `get_or_insert_with` was given when the table already had it) is
+///   dropped after the lock is released, so those are unrestricted. Nothing
+///   deadlocks silently *within one table*.
+/// * Several tables: code under one table's write lock may use another
+///   table, but then the two tables are two locks, and the usual
+///   lock-ordering rule applies: `a.update(k, |_| b.insert(..))` on one
+///   thread and `b.update(k, |_| a.insert(..))` on another can deadlock, as
+///   two `Mutex`es taken in opposite orders do. Take them in one global
+///   order, or move the inner call out of the closure. Reads never wait, so
+///   they need no order.
+/// * Panics: a closure that panics releases every lock and publishes
+///   nothing: if an `update` or `retain` closure panics, the entry keeps its
+///   old value (the half-changed clone is dropped) and the panic resumes. A
+///   panicking `Drop` of a reclaimed entry lets every other one be dropped.
 /// * Shards shrink when they fall below a quarter full, but never below the
 ///   capacity asked for at construction.
 /// * `Send` and `Sync` exactly when `RwLock<HashMap<K, V, S>>` would be:
@@ -171,22 +129,22 @@ fn default_shards() -> usize {
 /// overflows `usize`.
 ///
 /// # Memory
-/// An empty table takes one padded 128-byte line per shard plus its reader
-/// slots: `(rows + 1) × ⌈shards / 16⌉ × 128` bytes, where `rows` is
-/// `clamp(2 × cores, 4, 64)` and `shards` defaults to
-/// `clamp((16 × cores).next_power_of_two(), 16, 256)`. That is 5,376 bytes
-/// on 2 cores and at most 165,888 bytes (64 cores and up). For many small
-/// tables on a large host, [`with_shards`](Self::with_shards) with few
-/// shards brings it down to a few KiB.
+/// An empty table takes an 8-byte head and a padded 128-byte writer line per
+/// shard, where `shards` defaults to `clamp((16 × cores).next_power_of_two(),
+/// 16, 256)`: 4,352 bytes on 2 cores and 34,816 bytes at 16 cores and up.
+/// [`with_shards`](Self::with_shards) with few shards brings it down
+/// further. An entry is a heap node (key, value and 4 bytes of hash) plus
+/// an 8-byte slot at a load of 3/8 to 3/4. Unlinked entries and tables wait
+/// in their shard until a write finds that at least `max(64, len / 16)`
+/// have piled up there, then are freed once no reader pinned before their
+/// unlinking is still reading ([`retired`](Self::retired) counts them).
 ///
 /// # Protocol
-/// Each shard is a [`ShardedRwLock`](crate::ShardedRwLock)-style lock (the
-/// protocol is summarised there) around an open-addressing map; all shards
-/// share one reader-slot matrix, a column each, so one thread's reads of
-/// every shard write only its own lines. Reads nested in a read of the same
-/// table enter past a writer that is still draining readers (a CAS on the
-/// shard's state word), which is what keeps nested reads deadlock-free. The
-/// write-up is at the top of `src/raw_rwlock.rs`.
+/// Readers pin themselves in an epoch (a plain store to their own line and
+/// a compiler fence, paired with a `membarrier` on the reclaiming side) and
+/// probe the shard's current table of immutable nodes; writers publish with
+/// `Release` stores under the shard's mutex. The write-ups are at the top of
+/// `src/epoch.rs` and `src/router_table/shard.rs`.
 ///
 /// ```
 /// use shardlock::RouterTable;
@@ -202,17 +160,22 @@ fn default_shards() -> usize {
 /// assert!(routes.is_empty());
 /// ```
 pub struct RouterTable<K, V, S = ahash::RandomState> {
-    shards: Box<[CachePadded<Shard<K, V>>]>,
-    slots: ReaderSlots,
+    /// Each shard's current table, for readers.
+    heads: Box<[Head<K, V>]>,
+    /// Each shard's writer side.
+    writers: Box<[CachePadded<Writer<K, V>>]>,
     hasher: S,
     shard_bits: u32,
-    min_shard_capacity: usize,
+    _owns: PhantomData<(K, V)>,
 }
 
 // SAFETY: like `RwLock<HashMap<K, V>>`: shared `&K`/`&V` reach many threads
-// at once (`Sync`), and entries move in and out, or are mutated, on any thread
+// at once (`Sync`), and entries are created and dropped on any thread
 // (`Send`). The hasher is only used through `&S`.
 unsafe impl<K: Send + Sync, V: Send + Sync, S: Sync> Sync for RouterTable<K, V, S> {}
+
+// SAFETY: moving the table moves ownership of every entry with it.
+unsafe impl<K: Send, V: Send, S: Send> Send for RouterTable<K, V, S> {}
 
 impl<K, V> RouterTable<K, V> {
     /// Creates an empty table with the default hasher (`ahash`).
@@ -242,24 +205,23 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// two, at most 2^16) and room for `capacity` entries.
     pub fn with_shards(shards: usize, capacity: usize, hasher: S) -> Self {
         let shards = shards.clamp(1, 1 << 16).next_power_of_two();
-        let min_shard_capacity = capacity.div_ceil(shards);
-        RouterTable {
-            shards: (0..shards)
-                .map(|_| {
-                    let map = LinearMap::with_capacity(min_shard_capacity);
-                    let hint = SlotHint::default();
-                    hint.publish(&map);
-                    CachePadded::new(Shard {
-                        map: LockedCell::new(map),
-                        hint,
-                    })
-                })
+        let min_slots = shard::slots_for(capacity.div_ceil(shards));
+        let table = RouterTable {
+            heads: (0..shards)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
                 .collect(),
-            slots: ReaderSlots::new(shards),
+            writers: (0..shards).map(|_| Writer::new(min_slots)).collect(),
             hasher,
             shard_bits: shards.trailing_zeros(),
-            min_shard_capacity,
+            _owns: PhantomData,
+        };
+        if min_slots > 0 {
+            for index in 0..shards {
+                // Nothing to free: a new table retires only a null one.
+                drop(table.lock(index).finish_now_after(|shard| shard.clear()));
+            }
         }
+        table
     }
 
     /// The table's hasher.
@@ -269,95 +231,100 @@ impl<K, V, S> RouterTable<K, V, S> {
 
     /// The number of shards.
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.heads.len()
     }
 
     /// Identifies this table to the reentrancy check.
     #[inline]
     fn id(&self) -> usize {
-        self.shards.as_ptr() as usize
+        self.heads.as_ptr() as usize
     }
 
-    /// Read-locks shard `index`; `nested` if this thread already holds a
-    /// read of another shard of this table (see [`crate::raw_rwlock`]).
     #[inline]
-    fn read_shard(&self, index: usize, nested: bool) -> ShardedReadGuard<'_, LinearMap<K, V>> {
-        // SAFETY: shard `index` always locks through column `index` of
-        // `self.slots`, and nothing else uses that column.
-        unsafe { self.shards[index].map.read(&self.slots, index, nested) }
+    fn lock(&self, index: usize) -> Locked<'_, K, V> {
+        self.writers[index].lock(&self.heads[index])
     }
 
-    /// Runs `f` on shard `index` under its read lock. Every piece of user
-    /// code a read runs (closures, `Clone`, `Eq`) runs inside `f`, so inside
-    /// a scope that lets it read this table and makes writes panic.
+    /// Runs `f` pinned, inside a scope that lets user code read this table
+    /// and makes writes panic.
     #[inline]
-    fn with_read<R>(&self, index: usize, f: impl FnOnce(&LinearMap<K, V>) -> R) -> R {
-        let nested = reentrancy::check(self.id(), false) == Nesting::NestedRead;
-        let map = self.read_shard(index, nested);
-        reentrancy::scoped(self.id(), Access::Shared, || f(&map))
+    fn with_read<R>(&self, f: impl FnOnce(&epoch::Guard) -> R) -> R {
+        reentrancy::check(self.id(), false);
+        let guard = epoch::pin();
+        reentrancy::scoped(self.id(), Access::Shared, || f(&guard))
     }
 
     /// Runs `f` on shard `index` under its write lock, inside a scope that
     /// makes every call on this table from user code (`f`'s closures, `Eq`,
-    /// `Drop`) panic.
+    /// `Clone`) panic; then drops what the write freed, outside the lock.
     #[inline]
-    fn with_write<R>(&self, index: usize, f: impl FnOnce(&mut LinearMap<K, V>) -> R) -> R {
+    fn with_write<R>(&self, index: usize, f: impl FnOnce(&mut Locked<'_, K, V>) -> R) -> R {
         reentrancy::check(self.id(), true);
-        let shard = &self.shards[index];
-        let mut map = ShardWrite {
-            // SAFETY: as in `read_shard`.
-            guard: unsafe { shard.map.write(&self.slots, index) },
-            hint: &shard.hint,
-        };
-        reentrancy::scoped(self.id(), Access::Exclusive, || f(&mut map))
+        let mut shard = self.lock(index);
+        let result = reentrancy::scoped(self.id(), Access::Exclusive, || f(&mut shard));
+        drop_garbage(shard.finish());
+        result
     }
 
-    /// Runs `f` with every shard read-locked at once: a consistent snapshot.
-    /// Writers wait meanwhile.
+    /// Runs `f` with every shard write-locked at once: a consistent snapshot.
+    /// Writers wait meanwhile; user code inside may read this table.
     #[cfg(feature = "serde")]
-    fn with_all_read<R>(&self, f: impl FnOnce(&[ShardedReadGuard<'_, LinearMap<K, V>>]) -> R) -> R {
-        let nested = reentrancy::check(self.id(), false) == Nesting::NestedRead;
-        let mut maps = Vec::with_capacity(self.shards.len());
-        for index in 0..self.shards.len() {
-            // Holding earlier shards makes every later read nested.
-            maps.push(self.read_shard(index, nested || index > 0));
-        }
-        reentrancy::scoped(self.id(), Access::Shared, || f(&maps))
+    fn with_all_locked<R>(&self, f: impl FnOnce(&[Locked<'_, K, V>]) -> R) -> R {
+        reentrancy::check(self.id(), true);
+        let shards: Vec<_> = (0..self.heads.len()).map(|i| self.lock(i)).collect();
+        let _pin = epoch::pin();
+        reentrancy::scoped(self.id(), Access::Shared, || f(&shards))
     }
 
     /// Removes every entry, one shard at a time. The entries are dropped
-    /// after each shard's lock is released; if a `Drop` panics, every other
-    /// entry is still dropped and every shard cleared, and the first panic
-    /// then resumes.
+    /// after each shard's lock is released, once no reader can see them; if
+    /// a `Drop` panics, every other entry is still dropped and every shard
+    /// cleared, and the first panic then resumes.
     pub fn clear(&self) {
-        let old: Vec<LinearMap<K, V>> = (0..self.shards.len())
-            .map(|index| {
-                let fresh = LinearMap::with_capacity(self.min_shard_capacity);
-                self.with_write(index, |map| std::mem::replace(map, fresh))
+        let garbage: Vec<Retired<K, V>> = (0..self.heads.len())
+            .flat_map(|index| {
+                reentrancy::check(self.id(), true);
+                self.lock(index).finish_now_after(|shard| shard.clear())
             })
             .collect();
-        crate::unwind::each_then_resume(old.into_iter().flat_map(LinearMap::into_entries), drop);
+        drop_garbage(garbage);
     }
 
     /// The number of entries (a sum over shards, each read at a different
     /// moment while writers run).
     pub fn len(&self) -> usize {
-        (0..self.shards.len())
-            .map(|i| self.with_read(i, LinearMap::len))
-            .sum()
+        reentrancy::check(self.id(), false);
+        self.writers.iter().map(|w| w.len()).sum()
     }
 
     /// Whether the table has no entries (with the same caveat as `len`).
     pub fn is_empty(&self) -> bool {
-        (0..self.shards.len()).all(|i| self.with_read(i, LinearMap::is_empty))
+        reentrancy::check(self.id(), false);
+        self.writers.iter().all(|w| w.len() == 0)
     }
 
-    /// Calls `f` on every entry, holding one shard's read lock at a time.
+    /// Entries removed or replaced (and tables outgrown) whose memory is not
+    /// yet freed: they wait for a batch to fill, or for readers that may
+    /// still see them. See the type's `# Memory`.
+    pub fn retired(&self) -> usize {
+        reentrancy::check(self.id(), true);
+        (0..self.heads.len()).map(|i| self.lock(i).retired()).sum()
+    }
+
+    /// How many entries shard `index` holds before it grows.
+    #[cfg(test)]
+    fn shard_capacity(&self, index: usize) -> usize {
+        self.lock(index).slots() / 4 * 3
+    }
+
+    /// Calls `f` on every entry, one shard at a time, taking no lock.
     /// Weakly consistent; see the type's docs for what `f` may do.
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for index in 0..self.shards.len() {
-            self.with_read(index, |map| map.iter().for_each(|(k, v)| f(k, v)));
-        }
+        self.with_read(|guard| {
+            for head in self.heads.iter() {
+                shard::for_each(head, guard, |node| f(&node.key, &node.value));
+            }
+        });
     }
 }
 
@@ -371,32 +338,32 @@ where
         self.hasher.hash_one(key)
     }
 
-    /// The shard of `hash`: its top bits (a shard's map indexes by the low
-    /// ones), after prefetching the key's home slot in it.
+    /// The shard of `hash`: its top bits (a shard's table indexes by the low
+    /// ones, and tags with bits 32..48).
     #[inline]
     fn shard_of(&self, hash: u64) -> usize {
         // Two shifts, so that 0 shard bits (one shard) is not a shift by 64.
-        let index = (hash >> 1 >> (63 - self.shard_bits)) as usize & (self.shards.len() - 1);
-        self.shards[index].hint.prefetch::<K, V>(hash);
-        index
+        (hash >> 1 >> (63 - self.shard_bits)) as usize & (self.heads.len() - 1)
     }
 
-    /// Shrinks a shard that fell below a quarter full, down to half full but
-    /// never below the capacity asked for at construction.
-    fn maybe_shrink(&self, map: &mut LinearMap<K, V>) {
-        if map.capacity() > self.min_shard_capacity.max(64) && map.len() * 4 < map.capacity() {
-            map.shrink_to((map.len() * 2).max(self.min_shard_capacity));
-        }
+    /// Inserts `value` at `key`, returning a clone of the value it replaced
+    /// (the original is dropped once no reader can see it).
+    pub fn insert(&self, key: K, value: V) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.put(key, value, V::clone)
     }
 
-    /// Inserts `value` at `key`, returning the value it replaced.
-    pub fn insert(&self, key: K, value: V) -> Option<V> {
+    /// Inserts `value` at `key`; if that replaced a value, returns what
+    /// `old` makes of it (under the write lock).
+    pub(crate) fn put<R>(&self, key: K, value: V, old: impl FnOnce(&V) -> R) -> Option<R> {
         let hash = self.hash(&key);
-        self.with_write(self.shard_of(hash), |map| {
-            match map.lookup(hash, |k| *k == key) {
-                Ok(i) => Some(std::mem::replace(map.value_mut(i), value)),
+        self.with_write(self.shard_of(hash), |shard| {
+            match shard.lookup(hash, |k| *k == key) {
+                Ok(i) => Some(old(&shard.replace(i, key, value).value)),
                 Err(vacant) => {
-                    map.insert_vacant(vacant, hash, key, value);
+                    shard.insert_vacant(vacant, hash, key, value);
                     None
                 }
             }
@@ -414,7 +381,8 @@ where
         self.find_with(key, V::clone)
     }
 
-    /// Calls `f` on the value at `key` under the shard's read lock.
+    /// Calls `f` on the value at `key`, without locking: `f` sees one
+    /// published value, whole, which stays valid until `f` returns.
     /// Inside `f`, reads of this table work and writes panic.
     #[inline]
     pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
@@ -435,7 +403,7 @@ where
         self.find_with(key, |_| ()).is_some()
     }
 
-    /// Calls `f` on the value at `key` under the shard's read lock.
+    /// Calls `f` on the value at `key`, pinned.
     #[inline]
     fn find_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
@@ -443,54 +411,69 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.with_read(self.shard_of(hash), |map| {
-            let i = map.find(hash, |k| k.borrow() == key)?;
-            Some(f(map.value(i)))
+        let head = &self.heads[self.shard_of(hash)];
+        self.with_read(|guard| {
+            let node = shard::find(head, guard, hash, |k| k.borrow() == key)?;
+            Some(f(&node.value))
         })
     }
 
-    /// Changes the value at `key` in place; `None` if `key` is absent.
+    /// Changes the value at `key`; `None` if `key` is absent.
     ///
+    /// Copy-on-write: `f` changes a clone, which is then published whole, so
+    /// readers see the old value or the new one, never a half-changed one.
     /// `f` runs under the shard's write lock and may not use this table. If
-    /// it panics, the entry is removed (and dropped once the lock is
-    /// released) and the panic resumes.
+    /// it panics, the entry keeps its old value and the panic resumes.
     pub fn update<Q, R>(&self, key: &Q, f: impl FnOnce(&mut V) -> R) -> Option<R>
     where
-        K: Borrow<Q>,
+        K: Borrow<Q> + Clone,
         Q: Hash + Eq + ?Sized,
+        V: Clone,
     {
         let hash = self.hash(key);
-        let outcome = self.with_write(self.shard_of(hash), |map| {
-            let i = map.find(hash, |k| k.borrow() == key)?;
+        let outcome = self.with_write(self.shard_of(hash), |shard| {
+            let i = shard.lookup(hash, |k| k.borrow() == key).ok()?;
+            let node = shard.node(i);
+            let mut value = node.value.clone();
             Some(
-                panic::catch_unwind(AssertUnwindSafe(|| f(map.value_mut(i))))
-                    .map_err(|payload| (map.remove_at(i), payload)),
+                match panic::catch_unwind(AssertUnwindSafe(|| f(&mut value))) {
+                    Ok(result) => {
+                        let key = node.key.clone();
+                        shard.replace(i, key, value);
+                        Ok(result)
+                    }
+                    Err(payload) => Err((value, payload)),
+                },
             )
         })?;
         match outcome {
             Ok(result) => Some(result),
-            Err((entry, payload)) => {
-                drop(entry);
+            Err((half_changed, payload)) => {
+                drop(half_changed);
                 panic::resume_unwind(payload)
             }
         }
     }
 
-    /// Removes `key`, returning its value.
+    /// Removes `key`, returning a clone of its value (the original is dropped
+    /// once no reader can see it).
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
+        V: Clone,
     {
         self.remove_entry(key, |_| true)
     }
 
-    /// Removes `key` if `f` approves its value, returning the value.
-    /// `f` runs under the shard's write lock and may not use this table.
+    /// Removes `key` if `f` approves its value, returning a clone of the
+    /// value. `f` runs under the shard's write lock and may not use this
+    /// table.
     pub fn remove_if<Q>(&self, key: &Q, f: impl FnOnce(&V) -> bool) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
+        V: Clone,
     {
         self.remove_entry(key, f)
     }
@@ -501,19 +484,18 @@ where
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
+        V: Clone,
     {
         let hash = self.hash(key);
-        let (key, value) = self.with_write(self.shard_of(hash), |map| {
-            let i = map.find(hash, |k| k.borrow() == key)?;
-            if !approve(map.value(i)) {
+        self.with_write(self.shard_of(hash), |shard| {
+            let i = shard.lookup(hash, |k| k.borrow() == key).ok()?;
+            if !approve(&shard.node(i).value) {
                 return None;
             }
-            let entry = map.remove_at(i);
-            self.maybe_shrink(map);
-            Some(entry)
-        })?;
-        drop(key); // after the lock is released, like the returned value
-        Some(value)
+            let value = shard.remove(i).value.clone();
+            shard.tidy();
+            Some(value)
+        })
     }
 
     /// The value at `key`, inserting `f()` first if `key` is absent.
@@ -529,41 +511,70 @@ where
             return value;
         }
         let hash = self.hash(&key);
-        self.with_write(self.shard_of(hash), |map| {
-            let vacant = match map.lookup(hash, |k| *k == key) {
-                Ok(i) => return map.value(i).clone(),
+        let (value, unused_key) = self.with_write(self.shard_of(hash), |shard| {
+            let vacant = match shard.lookup(hash, |k| *k == key) {
+                Ok(i) => return (shard.node(i).value.clone(), Some(key)),
                 Err(vacant) => vacant,
             };
             // `f` cannot touch this table (the scope forbids it), so `vacant`
             // stays valid.
             let value = f();
-            map.insert_vacant(vacant, hash, key, value.clone());
-            value
-        })
+            shard.insert_vacant(vacant, hash, key, value.clone());
+            (value, None)
+        });
+        drop(unused_key); // after the lock is released
+        value
     }
 
     /// Keeps only the entries for which `f` returns `true`, one shard at a
-    /// time under its write lock. `f` may not use this table. If it panics,
-    /// the entry it was given is removed and the panic resumes.
-    pub fn retain(&self, mut f: impl FnMut(&K, &mut V) -> bool) {
-        for index in 0..self.shards.len() {
-            let mut panicked = None;
-            self.with_write(index, |map| {
-                map.retain(|k, v| {
-                    if panicked.is_some() {
-                        return true;
+    /// time under its write lock. `f` gets a clone of each value, and a kept
+    /// entry is republished with it (copy-on-write, as in `update`). `f` may
+    /// not use this table. If it panics, the entry it was given keeps its old
+    /// value and the panic resumes.
+    pub fn retain(&self, mut f: impl FnMut(&K, &mut V) -> bool)
+    where
+        K: Clone,
+        V: Clone,
+    {
+        for index in 0..self.heads.len() {
+            let panicked = self.with_write(index, |shard| {
+                for i in shard.occupied() {
+                    let node = shard.node(i);
+                    let mut value = node.value.clone();
+                    match panic::catch_unwind(AssertUnwindSafe(|| f(&node.key, &mut value))) {
+                        Ok(true) => {
+                            let key = node.key.clone();
+                            shard.replace(i, key, value);
+                        }
+                        Ok(false) => {
+                            shard.remove(i);
+                        }
+                        Err(payload) => {
+                            shard.tidy();
+                            return Some((value, payload));
+                        }
                     }
-                    panic::catch_unwind(AssertUnwindSafe(|| f(k, v))).unwrap_or_else(|payload| {
-                        panicked = Some(payload);
-                        false
-                    })
-                });
-                self.maybe_shrink(map);
+                }
+                shard.tidy();
+                None
             });
-            if let Some(payload) = panicked {
+            if let Some((half_changed, payload)) = panicked {
+                drop(half_changed);
                 panic::resume_unwind(payload);
             }
         }
+    }
+}
+
+impl<K, V, S> Drop for RouterTable<K, V, S> {
+    fn drop(&mut self) {
+        let garbage: Vec<Retired<K, V>> = self
+            .writers
+            .iter_mut()
+            .zip(self.heads.iter_mut())
+            .flat_map(|(writer, head)| writer.take_all(head))
+            .collect();
+        drop_garbage(garbage);
     }
 }
 
@@ -586,7 +597,7 @@ impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for RouterTable<K, V, S> {
 impl<K: Hash + Eq, V, S: BuildHasher> Extend<(K, V)> for RouterTable<K, V, S> {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         for (k, v) in iter {
-            self.insert(k, v);
+            self.put(k, v, |_| ());
         }
     }
 }

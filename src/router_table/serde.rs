@@ -11,14 +11,17 @@ use super::RouterTable;
 
 impl<K: Serialize, V: Serialize, S> Serialize for RouterTable<K, V, S> {
     /// Serializes a consistent snapshot, length first (so length-prefixed
-    /// formats such as bincode work): every shard is read-locked for the
-    /// duration, so writers wait meanwhile.
+    /// formats such as bincode work): every shard is write-locked for the
+    /// duration, so writers wait meanwhile (readers do not).
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        self.with_all_read(|shards| {
-            let len = shards.iter().map(|shard| shard.len()).sum();
+        self.with_all_locked(|shards| {
+            let len = shards.iter().map(|shard| shard.live()).sum();
             let mut map = serializer.serialize_map(Some(len))?;
-            for (k, v) in shards.iter().flat_map(|shard| shard.iter()) {
-                map.serialize_entry(k, v)?;
+            for shard in shards {
+                for i in shard.occupied() {
+                    let node = shard.node(i);
+                    map.serialize_entry(&node.key, &node.value)?;
+                }
             }
             map.end()
         })
@@ -50,7 +53,7 @@ where
                 let capacity = access.size_hint().unwrap_or(0).min(1 << 16);
                 let table = RouterTable::with_capacity_and_hasher(capacity, S::default());
                 while let Some((k, v)) = access.next_entry()? {
-                    table.insert(k, v);
+                    table.put(k, v, |_| ());
                 }
                 Ok(table)
             }

@@ -1,0 +1,401 @@
+//! Epoch-based reclamation with a light reader barrier: what lets
+//! [`crate::RouterTable`] readers take no lock, execute no atomic
+//! read-modify-write and no StoreLoad fence, and write only their own line.
+//!
+//! # Protocol
+//! A global epoch `E` (starting at 1) and one padded *row* per thread index
+//! (threads past the rows share a mutex-protected list instead).
+//!
+//! | row value | meaning                                                   |
+//! |-----------|-----------------------------------------------------------|
+//! | `0`       | not pinned                                                |
+//! | `e ≥ 1`   | pinned; the reader loaded `E == e` before its first read  |
+//!
+//! * **pin**: `e = E.load(Acquire)`; `row.store(e, Release)`; *light
+//!   barrier*; then the reader loads pointers (Acquire) and dereferences
+//!   them. A pin nested in another one on the same thread finds its row
+//!   non-zero and does nothing.
+//! * **unpin**: `row.store(0, Release)`.
+//! * **retire**: a writer first unlinks an object (no pointer to it remains
+//!   in the structure), then pushes it into a [`Bin`].
+//! * **collect**: the bin *seals* what it holds with tag
+//!   `t = E.fetch_add(1, SeqCst) + 1`, executes the *heavy barrier*, reads
+//!   every row (Acquire) and takes the smallest non-zero value `m`. Every
+//!   sealed batch with `t ≤ m` is freed; later batches wait for a later
+//!   collect.
+//!
+//! # Why a batch with `t ≤ m` is unreachable
+//! Take a reader that could still dereference an object of the batch. Its
+//! row was either seen by the scan, or not:
+//! * seen with value `e`: if `e ≥ t`, it loaded `E` from the `fetch_add`
+//!   that sealed the batch or a later one (one release sequence), so that
+//!   `fetch_add` and every unlink before it happen before its loads, which
+//!   therefore never find the object. So `e < t`, hence `m < t`: the batch
+//!   is kept. A value from a *later* pin is Release too, so it also carries
+//!   the end of the reader's earlier pins;
+//! * seen as `0` after an unpin: the unpin (Release) was read by the scan
+//!   (Acquire), so the reader's loads happen before the free;
+//! * not seen at all: this is a store-buffering (Dekker) pair: the reader
+//!   stores its row and then loads a slot; the collector unlinked (before
+//!   sealing) and then loads the row. The light and heavy barriers together
+//!   forbid both loads from missing the other side's store, so the reader's
+//!   slot load sees the unlink and never finds the object.
+//!
+//! # Barriers
+//! On Linux the heavy barrier is `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+//! which runs a full memory barrier on every CPU now running one of this
+//! process's threads; the light barrier is then only a compiler fence (the
+//! pairing liburcu, folly and `seize` use). Where membarrier is missing
+//! (other systems, seccomp, miri, loom) both barriers are `fence(SeqCst)`,
+//! decided once before the first pin. loom checks this symmetric variant
+//! (`loom-tests/tests/epoch.rs` and the table models in
+//! `loom-tests/tests/router_table.rs`); the asymmetric one rests on the
+//! kernel's documented guarantee.
+//!
+//! Threads without a row of their own (more threads than rows, or a thread
+//! that pins from a thread-local destructor after giving its index back)
+//! push their epoch into a mutex-protected list: the mutex orders them
+//! against the scan, which reads that list under the same mutex.
+//!
+//! The heavy barrier costs microseconds, so a bin collects only once its
+//! owner has retired enough to amortize it (see `RouterTable`).
+
+use std::collections::VecDeque;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{fence, lock, AtomicU64, Mutex, Ordering};
+use crate::thread_index;
+
+struct Collector {
+    epoch: CachePadded<AtomicU64>,
+    rows: Box<[CachePadded<AtomicU64>]>,
+    /// Epochs pinned by threads without a row (a multiset).
+    overflow: Mutex<Vec<u64>>,
+    /// Whether the heavy barrier is `membarrier`, so the light one may be a
+    /// compiler fence. Fixed before the first pin.
+    asymmetric: bool,
+}
+
+crate::sync::lazy_static! {
+    static ref collector: Collector = Collector {
+        epoch: CachePadded::new(AtomicU64::new(1)),
+        rows: (0..rows()).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+        overflow: Mutex::new(Vec::new()),
+        asymmetric: membarrier::register(),
+    };
+}
+
+/// Rows for the first thread indices; later ones use the overflow list.
+fn rows() -> usize {
+    if cfg!(loom) {
+        return 2;
+    }
+    (4 * thread_index::cpus()).clamp(8, 256)
+}
+
+impl Collector {
+    #[inline(always)]
+    fn light_barrier(&self) {
+        if self.asymmetric {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    fn heavy_barrier(&self) {
+        if self.asymmetric {
+            membarrier::heavy();
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// The smallest epoch pinned now, or `u64::MAX`.
+    fn min_pinned(&self) -> u64 {
+        let used = thread_index::high_water().min(self.rows.len());
+        let rows = self.rows[..used]
+            .iter()
+            .map(|row| row.load(Ordering::Acquire));
+        let overflow = lock(&self.overflow).iter().copied().min();
+        rows.filter(|&e| e != 0)
+            .chain(overflow)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// Keeps everything retired before [`pin`] alive until it is dropped.
+#[must_use]
+pub(crate) struct Guard(Pin);
+
+enum Pin {
+    /// Inside another pin of this thread: nothing to undo.
+    Nested,
+    Row(&'static AtomicU64),
+    Overflow(u64),
+}
+
+/// Pins this thread: objects retired from now on are not freed until the
+/// guard is dropped, and objects retired before are not freed while the
+/// thread can still reach them. Reentrant.
+#[inline]
+pub(crate) fn pin() -> Guard {
+    let c = collector();
+    match c.rows.get(thread_index::current()) {
+        Some(row) => {
+            if row.load(Ordering::Relaxed) != 0 {
+                return Guard(Pin::Nested);
+            }
+            let epoch = c.epoch.load(Ordering::Acquire);
+            row.store(epoch, Ordering::Release);
+            c.light_barrier();
+            Guard(Pin::Row(row))
+        }
+        None => pin_overflow(c),
+    }
+}
+
+#[cold]
+fn pin_overflow(c: &Collector) -> Guard {
+    let mut pinned = lock(&c.overflow);
+    let epoch = c.epoch.load(Ordering::Acquire);
+    pinned.push(epoch);
+    Guard(Pin::Overflow(epoch))
+}
+
+impl Drop for Guard {
+    #[inline]
+    fn drop(&mut self) {
+        match self.0 {
+            Pin::Nested => {}
+            Pin::Row(row) => row.store(0, Ordering::Release),
+            Pin::Overflow(epoch) => {
+                let mut pinned = lock(&collector().overflow);
+                let at = pinned.iter().position(|&e| e == epoch);
+                pinned.swap_remove(at.expect("an overflow pin is listed"));
+            }
+        }
+    }
+}
+
+/// Objects one owner retired, freed (dropped) once no reader can reach them.
+/// The owner serializes its calls (a shard's writer lock).
+pub(crate) struct Bin<T> {
+    fresh: Vec<T>,
+    sealed: VecDeque<(u64, Vec<T>)>,
+    len: usize,
+}
+
+impl<T> Default for Bin<T> {
+    fn default() -> Self {
+        Bin {
+            fresh: Vec::new(),
+            sealed: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Bin<T> {
+    /// Retires `item`, which the caller has already unlinked: no reader that
+    /// pins from now on can find it.
+    pub(crate) fn push(&mut self, item: T) {
+        self.fresh.push(item);
+        self.len += 1;
+    }
+
+    /// Objects retired and not yet handed back by [`Self::collect`].
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Objects retired since the last [`Self::collect`].
+    pub(crate) fn fresh(&self) -> usize {
+        self.fresh.len()
+    }
+
+    /// Everything the bin holds, whether or not readers could reach it: only
+    /// for an owner that knows no reader remains (it is being dropped).
+    pub(crate) fn take_all(&mut self) -> Vec<T> {
+        self.len = 0;
+        let mut all = std::mem::take(&mut self.fresh);
+        all.extend(self.sealed.drain(..).flat_map(|(_, batch)| batch));
+        all
+    }
+
+    /// Seals what was retired so far, and hands back every object that no
+    /// reader can reach any more, for the caller to drop (outside its lock).
+    /// Costs a heavy barrier.
+    pub(crate) fn collect(&mut self) -> Vec<T> {
+        let c = collector();
+        if !self.fresh.is_empty() {
+            let tag = c.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+            self.sealed
+                .push_back((tag, std::mem::take(&mut self.fresh)));
+        }
+        if self.sealed.is_empty() {
+            return Vec::new();
+        }
+        c.heavy_barrier();
+        let oldest_pinned = c.min_pinned();
+        let mut free = Vec::new();
+        while let Some((tag, _)) = self.sealed.front() {
+            if *tag > oldest_pinned {
+                break;
+            }
+            let (_, batch) = self.sealed.pop_front().expect("front exists");
+            free.extend(batch);
+        }
+        self.len -= free.len();
+        free
+    }
+}
+
+/// `membarrier(2)` on Linux; elsewhere (and under miri and loom) absent.
+mod membarrier {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    mod imp {
+        const QUERY: libc::c_int = 0;
+        const PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+        const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+        fn call(cmd: libc::c_int) -> libc::c_long {
+            // SAFETY: membarrier takes two integer arguments and touches no
+            // memory of ours; an unknown command just fails with EINVAL.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    cmd,
+                    0 as libc::c_uint,
+                    0 as libc::c_int,
+                )
+            }
+        }
+
+        pub(crate) fn register() -> bool {
+            let supported = call(QUERY);
+            supported > 0
+                && supported & libc::c_long::from(PRIVATE_EXPEDITED) != 0
+                && call(REGISTER_PRIVATE_EXPEDITED) == 0
+        }
+
+        pub(crate) fn heavy() {
+            // Registered before any reader pinned with a light barrier, so
+            // this cannot fail; if it ever did, readers would be unprotected.
+            if call(PRIVATE_EXPEDITED) != 0 {
+                std::process::abort();
+            }
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+    mod imp {
+        pub(crate) fn register() -> bool {
+            false
+        }
+
+        pub(crate) fn heavy() {
+            unreachable!("membarrier is never registered here");
+        }
+    }
+
+    pub(crate) use imp::{heavy, register};
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    struct Tracked(Arc<AtomicUsize>);
+
+    /// Collects until the bin is empty. Other tests in this process pin
+    /// briefly, so this may take a few rounds.
+    fn drain(bin: &mut Bin<Tracked>) {
+        while bin.len() > 0 {
+            drop(bin.collect());
+            std::thread::yield_now();
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_collect_with_no_reader_pinned_frees_everything() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut bin = Bin::default();
+        for _ in 0..3 {
+            bin.push(Tracked(drops.clone()));
+        }
+        assert_eq!((bin.len(), bin.fresh()), (3, 3));
+        drain(&mut bin);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        assert_eq!(bin.fresh(), 0);
+    }
+
+    #[test]
+    fn a_pinned_reader_holds_back_what_was_retired_before_it_unpins() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut bin = Bin::default();
+        std::thread::scope(|s| {
+            // Another thread pins; this thread retires and collects.
+            let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            s.spawn(move || {
+                let guard = pin();
+                pinned_tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+                drop(guard);
+            });
+            pinned_rx.recv().unwrap();
+            bin.push(Tracked(drops.clone()));
+            drop(bin.collect());
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                0,
+                "freed under a pinned reader"
+            );
+            assert_eq!(bin.len(), 1);
+            done_tx.send(()).unwrap();
+        });
+        drain(&mut bin);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        drop(bin);
+    }
+
+    #[test]
+    fn pins_nest_and_only_the_outermost_unpins() {
+        let outer = pin();
+        let inner = pin();
+        assert!(matches!(inner.0, Pin::Nested | Pin::Overflow(_)));
+        drop(inner);
+        // Still pinned: something retired now waits for `outer`.
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut bin = Bin::default();
+        bin.push(Tracked(drops.clone()));
+        assert!(bin.collect().is_empty(), "freed under this thread's pin");
+        drop(outer);
+        drain(&mut bin);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn dropping_a_bin_drops_what_it_holds() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut bin = Bin::default();
+        bin.push(Tracked(drops.clone()));
+        let _pinned = pin();
+        assert!(bin.collect().is_empty());
+        bin.push(Tracked(drops.clone()));
+        drop(bin);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+}

@@ -1,0 +1,532 @@
+//! The shards of a [`RouterTable`](crate::RouterTable): open-addressing
+//! tables of pointers to immutable nodes, which readers probe with no lock
+//! and writers change under a per-shard mutex.
+//!
+//! # Layout
+//! A shard's *head* points to its current [`Table`] (null: no slots yet), a
+//! power-of-two array of slot words. A slot is empty (null), a tombstone
+//! ([`tomb`]), or a pointer to a [`Node`] `{hash, key, value}` that carries
+//! 16 bits of the key's hash in its unused top bits, so a probe dereferences
+//! only nodes whose tag matches. A node never changes once published:
+//! `insert` over a key, `update` and `retain` publish a new node in the same
+//! slot. Removal leaves a tombstone (shifting entries back would let a
+//! concurrent probe miss a key); tombstones count against the 3/4 load
+//! factor, so every table keeps an empty slot and every probe ends, and a
+//! rebuild (grow, shrink or same size) drops them.
+//!
+//! # Protocol
+//! Writers hold the shard's mutex, so they are the only ones to store into
+//! its head and slots. Readers only load.
+//! * A writer publishes a node or table by storing its pointer with
+//!   `Release` after initialising it; a reader loads with `Acquire`, so it
+//!   sees the contents whole. A rebuild fills the new table first and
+//!   publishes it with one store of the head.
+//! * A writer that unlinks a node (overwrites its slot) or a table (replaces
+//!   the head) retires it into the shard's [`Bin`]; it is freed only after
+//!   every reader pinned before the unlink has unpinned (see
+//!   [`crate::epoch`]). Readers pin for the whole probe and the user's
+//!   closure, so every pointer they hold stays valid.
+//! * Each slot holds one node of a key at a time, and each store replaces one
+//!   state with the next, so a probe that passes a slot sees it before or
+//!   after a write, never in between: a lookup is linearizable at the load
+//!   of the slot it ends on (or, on a table that was since replaced, at the
+//!   moment it loaded that table's head, which was current then).
+//!
+//! loom checks a reader against a replace, a remove and a rebuild, with
+//! reclamation (`loom-tests/tests/router_table.rs`).
+
+use std::ptr::{self, NonNull};
+
+use crossbeam_utils::CachePadded;
+
+use crate::epoch::{Bin, Guard};
+use crate::sync::{lock, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
+
+/// A published entry; immutable until it is freed.
+pub(crate) struct Node<K, V> {
+    /// The low 32 bits of the key's hash: a table's index bits.
+    hash: u32,
+    pub(crate) key: K,
+    pub(crate) value: V,
+}
+
+/// A table of slots; its length is a power of two, at least 8.
+pub(crate) struct Table<K, V> {
+    slots: Box<[AtomicPtr<Node<K, V>>]>,
+}
+
+impl<K, V> Table<K, V> {
+    fn new(slots: usize) -> Self {
+        Table {
+            slots: (0..slots)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+}
+
+/// Whether slot words carry a hash tag in their top 16 bits (64-bit targets,
+/// whose user-space addresses fit in 48 bits; checked at each allocation).
+const TAGGED: bool = cfg!(target_pointer_width = "64");
+const TAG_SHIFT: u32 = if TAGGED { 48 } else { 0 };
+const ADDRESS_MASK: usize = if TAGGED {
+    (1 << TAG_SHIFT) - 1
+} else {
+    usize::MAX
+};
+
+/// The tag bits of a node of `hash`: bits 32..48 of the hash, low bit set
+/// so that no node's tag is 0 (a tombstone's).
+#[inline]
+fn tag(hash: u64) -> usize {
+    if TAGGED {
+        (((hash >> 32) as usize & 0xffff) | 1) << TAG_SHIFT
+    } else {
+        0
+    }
+}
+
+/// The tombstone: an address no node has (1 is misaligned), tag 0.
+#[inline]
+fn tomb<K, V>() -> *mut Node<K, V> {
+    ptr::without_provenance_mut(1)
+}
+
+#[inline]
+fn untagged<K, V>(slot: *mut Node<K, V>) -> *mut Node<K, V> {
+    slot.map_addr(|a| a & ADDRESS_MASK)
+}
+
+/// Slots to hold `live` entries at load ≤ 3/4 (0 for none).
+///
+/// # Panics
+/// Past 2^31 slots (use more shards), or if the count overflows.
+pub(crate) fn slots_for(live: usize) -> usize {
+    let slots = match live {
+        0 => 0,
+        n => n
+            .checked_add(n / 3 + 1)
+            .and_then(usize::checked_next_power_of_two)
+            .map_or(usize::MAX, |slots| slots.max(8)),
+    };
+    assert!(slots <= 1 << 31, "shardlock: shard capacity overflow");
+    slots
+}
+
+/// A shard's head: the reader-visible pointer to its table.
+pub(crate) type Head<K, V> = AtomicPtr<Table<K, V>>;
+
+/// Finds `hash`'s node whose key `eq` accepts, in the table `head` points
+/// to now. The node stays valid while `_guard` lives.
+#[inline]
+pub(crate) fn find<'g, K, V>(
+    head: &'g Head<K, V>,
+    _guard: &'g Guard,
+    hash: u64,
+    mut eq: impl FnMut(&K) -> bool,
+) -> Option<&'g Node<K, V>> {
+    let table = head.load(Ordering::Acquire);
+    if table.is_null() {
+        return None;
+    }
+    // SAFETY: a table is freed only after every reader pinned before it was
+    // unlinked has unpinned, and `_guard` pins this thread for 'g.
+    let table = unsafe { &*table };
+    let (mask, want, low) = (table.mask(), tag(hash), hash as u32);
+    let mut i = low as usize & mask;
+    // A table always has an empty slot (load ≤ 3/4), so this ends.
+    loop {
+        let slot = table.slots[i].load(Ordering::Acquire);
+        if slot.is_null() {
+            return None;
+        }
+        if slot.addr() & !ADDRESS_MASK == want && (TAGGED || slot != tomb()) {
+            // SAFETY: a non-tomb slot points to a published node, which is
+            // freed only after this pin ends (as for the table).
+            let node = unsafe { &*untagged(slot) };
+            if node.hash == low && eq(&node.key) {
+                return Some(node);
+            }
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// Calls `f` on every node of the table `head` points to now.
+pub(crate) fn for_each<'g, K, V>(
+    head: &'g Head<K, V>,
+    _guard: &'g Guard,
+    mut f: impl FnMut(&'g Node<K, V>),
+) {
+    let table = head.load(Ordering::Acquire);
+    if table.is_null() {
+        return;
+    }
+    // SAFETY: as in `find`.
+    let table = unsafe { &*table };
+    for slot in table.slots.iter() {
+        let slot = slot.load(Ordering::Acquire);
+        if !slot.is_null() && slot != tomb() {
+            // SAFETY: as in `find`.
+            f(unsafe { &*untagged(slot) });
+        }
+    }
+}
+
+/// Something a writer unlinked, freed when dropped.
+pub(crate) enum Retired<K, V> {
+    Node(NonNull<Node<K, V>>),
+    Table(NonNull<Table<K, V>>),
+}
+
+impl<K, V> Drop for Retired<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: both pointers came from `Box::into_raw`, were unlinked
+        // before they were retired, and are retired (so freed) once; a
+        // `Retired` is dropped only when no reader can reach it.
+        unsafe {
+            match *self {
+                Retired::Node(node) => drop(Box::from_raw(node.as_ptr())),
+                Retired::Table(table) => drop(Box::from_raw(table.as_ptr())),
+            }
+        }
+    }
+}
+
+// SAFETY: a `Retired` owns a `K` and a `V` (or a table of pointers to
+// nodes it does not own), and is dropped on whichever thread collects it.
+unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
+
+/// A shard's writer-side state, behind its mutex.
+pub(crate) struct State<K, V> {
+    live: usize,
+    tombs: usize,
+    /// Never shrink below this many slots.
+    min_slots: usize,
+    bin: Bin<Retired<K, V>>,
+}
+
+/// A shard's writer side: padded so that writers of neighbouring shards
+/// never share a line.
+pub(crate) struct Writer<K, V> {
+    state: Mutex<State<K, V>>,
+    /// `live`, readable without the mutex (by `len`).
+    len: AtomicUsize,
+}
+
+impl<K, V> Writer<K, V> {
+    pub(crate) fn new(min_slots: usize) -> CachePadded<Self> {
+        CachePadded::new(Writer {
+            state: Mutex::new(State {
+                live: 0,
+                tombs: 0,
+                min_slots,
+                bin: Bin::default(),
+            }),
+            len: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Locks the shard for writing.
+    pub(crate) fn lock<'a>(&'a self, head: &'a Head<K, V>) -> Locked<'a, K, V> {
+        Locked {
+            head,
+            len: &self.len,
+            state: lock(&self.state),
+        }
+    }
+
+    /// Everything the shard owns (table, nodes, garbage), to be dropped.
+    /// For the table's `Drop`: `&mut` proves that no reader remains.
+    pub(crate) fn take_all(&mut self, head: &mut Head<K, V>) -> Vec<Retired<K, V>> {
+        let table = std::mem::replace(head, AtomicPtr::new(ptr::null_mut()));
+        let mut all = retire_all(table);
+        all.extend(lock(&self.state).bin.take_all());
+        all
+    }
+}
+
+/// The table behind `head` and all its nodes, as garbage.
+fn retire_all<K, V>(head: Head<K, V>) -> Vec<Retired<K, V>> {
+    let table = head.load(Ordering::Relaxed);
+    let Some(table) = NonNull::new(table) else {
+        return Vec::new();
+    };
+    // SAFETY: the caller unlinked this table; it stays valid until retired.
+    let slots = unsafe { &table.as_ref().slots };
+    let mut all: Vec<_> = slots
+        .iter()
+        .map(|slot| slot.load(Ordering::Relaxed))
+        .filter(|slot| !slot.is_null() && *slot != tomb())
+        .map(|slot| Retired::Node(NonNull::new(untagged(slot)).expect("a node")))
+        .collect();
+    all.push(Retired::Table(table));
+    all
+}
+
+/// Where an absent key goes: the first tombstone or the empty slot that
+/// ended its probe (`None`: no table yet). Valid until the shard changes.
+pub(crate) struct Vacant(Option<usize>);
+
+/// A locked shard.
+pub(crate) struct Locked<'a, K, V> {
+    head: &'a Head<K, V>,
+    len: &'a AtomicUsize,
+    state: MutexGuard<'a, State<K, V>>,
+}
+
+impl<K, V> Locked<'_, K, V> {
+    fn table(&self) -> Option<&Table<K, V>> {
+        // SAFETY: only writers, which hold this lock, replace or retire the
+        // table, and a retired table is not freed while we hold the lock
+        // (collection happens in `finish`, after which `self` is gone).
+        unsafe { self.head.load(Ordering::Relaxed).as_ref() }
+    }
+
+    /// The current table's slot count.
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.table().map_or(0, |t| t.slots.len())
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.state.live
+    }
+
+    /// The slot of the node whose key `eq` accepts, or where that key goes.
+    pub(crate) fn lookup(
+        &self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+    ) -> Result<usize, Vacant> {
+        let Some(table) = self.table() else {
+            return Err(Vacant(None));
+        };
+        let (mask, low) = (table.mask(), hash as u32);
+        let mut i = low as usize & mask;
+        let mut first_tomb = None;
+        loop {
+            let slot = table.slots[i].load(Ordering::Relaxed);
+            if slot.is_null() {
+                return Err(Vacant(Some(first_tomb.unwrap_or(i))));
+            }
+            if slot == tomb() {
+                first_tomb.get_or_insert(i);
+            } else if slot.addr() & !ADDRESS_MASK == tag(hash) {
+                // SAFETY: only this lock's holder unlinks nodes.
+                let node = unsafe { &*untagged(slot) };
+                if node.hash == low && eq(&node.key) {
+                    return Ok(i);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The node at a slot from [`Self::lookup`].
+    pub(crate) fn node(&self, index: usize) -> &Node<K, V> {
+        let table = self.table().expect("a slot implies a table");
+        let slot = table.slots[index].load(Ordering::Relaxed);
+        debug_assert!(!slot.is_null() && slot != tomb(), "a slot from lookup");
+        // SAFETY: a live slot's node is freed only after it is unlinked,
+        // retired and collected, none of which happens while we hold `&self`.
+        unsafe { &*untagged(slot) }
+    }
+
+    /// Inserts a key that [`Self::lookup`] just found absent, with no change
+    /// to the shard since.
+    pub(crate) fn insert_vacant(&mut self, vacant: Vacant, hash: u64, key: K, value: V) {
+        let node = new_node(hash as u32, tag(hash), key, value);
+        let slots = self.table().map_or(0, |t| t.slots.len());
+        let fits = (self.state.live + self.state.tombs + 1) * 4 <= slots * 3;
+        let reuses_tomb = vacant.0.is_some_and(|i| self.is_tomb(i));
+        match vacant.0 {
+            Some(i) if reuses_tomb || fits => {
+                if reuses_tomb {
+                    self.state.tombs -= 1;
+                }
+                self.table().expect("a slot implies a table").slots[i]
+                    .store(node, Ordering::Release);
+            }
+            _ => {
+                // Room for a third more than `live` (tombstones are dropped),
+                // so the next rebuild is a fifth of the slots away.
+                let live = self.state.live + 1;
+                self.rebuild(slots_for(live + live / 3).max(self.state.min_slots));
+                let table = self.table().expect("just built");
+                table.slots[free_slot(table, hash)].store(node, Ordering::Release);
+            }
+        }
+        self.set_live(self.state.live + 1);
+    }
+
+    fn is_tomb(&self, index: usize) -> bool {
+        self.table()
+            .is_some_and(|t| t.slots[index].load(Ordering::Relaxed) == tomb())
+    }
+
+    /// Publishes a new node for the key at `index` (`key` must equal it) and
+    /// retires the old one, which stays readable (through the returned
+    /// reference) until this guard is finished.
+    pub(crate) fn replace(&mut self, index: usize, key: K, value: V) -> &Node<K, V> {
+        let old =
+            self.table().expect("a slot implies a table").slots[index].load(Ordering::Relaxed);
+        // SAFETY: a live node, as in `node`.
+        let low = unsafe { (*untagged(old)).hash };
+        let node = new_node(low, old.addr() & !ADDRESS_MASK, key, value);
+        self.unlink(index, node)
+    }
+
+    /// Leaves a tombstone at `index` and retires its node, which stays
+    /// readable (through the returned reference) until this guard is
+    /// finished.
+    pub(crate) fn remove(&mut self, index: usize) -> &Node<K, V> {
+        self.state.tombs += 1;
+        self.set_live(self.state.live - 1);
+        self.unlink(index, tomb())
+    }
+
+    fn unlink(&mut self, index: usize, with: *mut Node<K, V>) -> &Node<K, V> {
+        let table = self.table().expect("a slot implies a table");
+        let old = table.slots[index].load(Ordering::Relaxed);
+        table.slots[index].store(with, Ordering::Release);
+        let old = NonNull::new(untagged(old)).expect("a slot from lookup");
+        self.state.bin.push(Retired::Node(old));
+        // SAFETY: retired, so freed only by a later `collect` in `finish`.
+        unsafe { old.as_ref() }
+    }
+
+    /// The slots of every live node, for a pass over the shard.
+    pub(crate) fn occupied(&self) -> Vec<usize> {
+        let Some(table) = self.table() else {
+            return Vec::new();
+        };
+        (0..table.slots.len())
+            .filter(|&i| {
+                let slot = table.slots[i].load(Ordering::Relaxed);
+                !slot.is_null() && slot != tomb()
+            })
+            .collect()
+    }
+
+    /// Shrinks a shard that fell below a quarter full, to half full, never
+    /// below its minimum; rebuilds one whose tombstones crowd it.
+    pub(crate) fn tidy(&mut self) {
+        let slots = self.table().map_or(0, |t| t.slots.len());
+        let live = self.state.live;
+        if slots > self.state.min_slots.max(64) && live * 4 < slots / 4 * 3 {
+            self.rebuild(slots_for(live * 2).max(self.state.min_slots));
+        }
+    }
+
+    /// Unlinks every node and the table, leaving an empty table of the
+    /// minimum size.
+    pub(crate) fn clear(&mut self) {
+        let fresh = table_ptr(self.state.min_slots);
+        let old = self.head.swap(fresh, Ordering::AcqRel);
+        for retired in retire_all(AtomicPtr::new(old)) {
+            self.state.bin.push(retired);
+        }
+        self.state.tombs = 0;
+        self.set_live(0);
+    }
+
+    /// Moves every node into a new table of `slots` slots, published with one
+    /// store, and retires the old table.
+    fn rebuild(&mut self, slots: usize) {
+        let fresh = table_ptr(slots);
+        if let Some(new) = NonNull::new(fresh) {
+            // SAFETY: not yet published: only this thread can see it.
+            let new = unsafe { new.as_ref() };
+            for i in self.occupied() {
+                let slot = self.table().expect("occupied").slots[i].load(Ordering::Relaxed);
+                // SAFETY: a live node, as in `node`.
+                let hash = unsafe { (*untagged(slot)).hash };
+                new.slots[free_slot(new, u64::from(hash))].store(slot, Ordering::Relaxed);
+            }
+        }
+        let old = self.head.swap(fresh, Ordering::AcqRel);
+        if let Some(old) = NonNull::new(old) {
+            self.state.bin.push(Retired::Table(old));
+        }
+        self.state.tombs = 0;
+    }
+
+    fn set_live(&mut self, live: usize) {
+        self.state.live = live;
+        self.len.store(live, Ordering::Relaxed);
+    }
+
+    /// Unlocks the shard, handing back whatever garbage no reader can reach
+    /// any more, once enough has been retired to pay for a heavy barrier.
+    /// The caller drops it (running user `Drop`s) after the lock is gone.
+    pub(crate) fn finish(mut self) -> Vec<Retired<K, V>> {
+        let batch = (self.state.live / 16).max(64);
+        if self.state.bin.fresh() >= batch {
+            self.state.bin.collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Runs `f`, then unlocks like [`Self::finish`] but collects whatever
+    /// was retired, however little.
+    pub(crate) fn finish_now_after(mut self, f: impl FnOnce(&mut Self)) -> Vec<Retired<K, V>> {
+        f(&mut self);
+        self.state.bin.collect()
+    }
+
+    /// Objects retired but not yet freed.
+    pub(crate) fn retired(&self) -> usize {
+        self.state.bin.len()
+    }
+}
+
+/// The first slot of `hash`'s probe that holds no node, in a table being
+/// built (no tombstones).
+fn free_slot<K, V>(table: &Table<K, V>, hash: u64) -> usize {
+    let mask = table.mask();
+    let mut i = hash as u32 as usize & mask;
+    while !table.slots[i].load(Ordering::Relaxed).is_null() {
+        i = (i + 1) & mask;
+    }
+    i
+}
+
+/// A new table of `slots` slots (null for none).
+fn table_ptr<K, V>(slots: usize) -> *mut Table<K, V> {
+    if slots == 0 {
+        ptr::null_mut()
+    } else {
+        Box::into_raw(Box::new(Table::new(slots)))
+    }
+}
+
+/// A new node for a key whose hash has low bits `low` and tag bits `tag`,
+/// tagged for its slot.
+///
+/// # Panics
+/// If the allocator returns an address above 2^48 on a 64-bit target (no
+/// supported OS does for ordinary allocations).
+fn new_node<K, V>(low: u32, tag: usize, key: K, value: V) -> *mut Node<K, V> {
+    let node = Box::into_raw(Box::new(Node {
+        hash: low,
+        key,
+        value,
+    }));
+    if node.addr() & !ADDRESS_MASK != 0 {
+        // SAFETY: just allocated, never shared.
+        drop(unsafe { Box::from_raw(node) });
+        panic!("shardlock: a node allocated above 2^48, which slot tags need");
+    }
+    node.map_addr(|a| a | tag)
+}
