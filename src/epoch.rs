@@ -48,9 +48,9 @@
 //! pairing liburcu, folly and `seize` use). Where membarrier is missing
 //! (other systems, seccomp, miri, loom) both barriers are `fence(SeqCst)`,
 //! decided once before the first pin. loom checks this symmetric variant
-//! (`loom-tests/tests/epoch.rs` and the table models in
-//! `loom-tests/tests/router_table.rs`); the asymmetric one rests on the
-//! kernel's documented guarantee.
+//! through the table models in `loom-tests/tests/router_table.rs` (under
+//! loom every write that retires something collects); the asymmetric one
+//! rests on the kernel's documented guarantee.
 //!
 //! Threads without a row of their own (more threads than rows, or a thread
 //! that pins from a thread-local destructor after giving its index back)

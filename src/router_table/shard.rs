@@ -32,8 +32,9 @@
 //!   of the slot it ends on (or, on a table that was since replaced, at the
 //!   moment it loaded that table's head, which was current then).
 //!
-//! loom checks a reader against a replace, a remove and a rebuild, with
-//! reclamation (`loom-tests/tests/router_table.rs`).
+//! loom checks a reader against a replace, a remove and a rebuild, each
+//! followed by reclamation (`loom-tests/tests/router_table.rs`); values
+//! there are loom cells that a premature free would race on.
 
 use std::ptr::{self, NonNull};
 
@@ -50,7 +51,7 @@ pub(crate) struct Node<K, V> {
     pub(crate) value: V,
 }
 
-/// A table of slots; its length is a power of two, at least 8.
+/// A table of slots; its length is a power of two, at least [`MIN_SLOTS`].
 pub(crate) struct Table<K, V> {
     slots: Box<[AtomicPtr<Node<K, V>>]>,
 }
@@ -102,6 +103,13 @@ fn untagged<K, V>(slot: *mut Node<K, V>) -> *mut Node<K, V> {
     slot.map_addr(|a| a & ADDRESS_MASK)
 }
 
+/// The smallest table (small under loom, so that models reach a rebuild).
+const MIN_SLOTS: usize = if cfg!(loom) { 4 } else { 8 };
+
+/// The fewest retired objects worth a heavy barrier (1 under loom, so that
+/// models reach reclamation).
+const MIN_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
+
 /// Slots to hold `live` entries at load ≤ 3/4 (0 for none).
 ///
 /// # Panics
@@ -112,7 +120,7 @@ pub(crate) fn slots_for(live: usize) -> usize {
         n => n
             .checked_add(n / 3 + 1)
             .and_then(usize::checked_next_power_of_two)
-            .map_or(usize::MAX, |slots| slots.max(8)),
+            .map_or(usize::MAX, |slots| slots.max(MIN_SLOTS)),
     };
     assert!(slots <= 1 << 31, "shardlock: shard capacity overflow");
     slots
@@ -298,6 +306,7 @@ impl<K, V> Locked<'_, K, V> {
         self.table().map_or(0, |t| t.slots.len())
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn live(&self) -> usize {
         self.state.live
     }
@@ -470,7 +479,7 @@ impl<K, V> Locked<'_, K, V> {
     /// any more, once enough has been retired to pay for a heavy barrier.
     /// The caller drops it (running user `Drop`s) after the lock is gone.
     pub(crate) fn finish(mut self) -> Vec<Retired<K, V>> {
-        let batch = (self.state.live / 16).max(64);
+        let batch = (self.state.live / 16).max(MIN_BATCH);
         if self.state.bin.fresh() >= batch {
             self.state.bin.collect()
         } else {
