@@ -166,18 +166,21 @@ fn pin_overflow(c: &Collector) -> Guard {
 }
 
 impl Drop for Guard {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         match self.0 {
-            Pin::Nested => {}
             Pin::Row(row) => row.store(0, Ordering::Release),
-            Pin::Overflow(epoch) => {
-                let mut pinned = lock(&collector().overflow);
-                let at = pinned.iter().position(|&e| e == epoch);
-                pinned.swap_remove(at.expect("an overflow pin is listed"));
-            }
+            Pin::Nested => {}
+            Pin::Overflow(epoch) => unpin_overflow(epoch),
         }
     }
+}
+
+#[cold]
+fn unpin_overflow(epoch: u64) {
+    let mut pinned = lock(&collector().overflow);
+    let at = pinned.iter().position(|&e| e == epoch);
+    pinned.swap_remove(at.expect("an overflow pin is listed"));
 }
 
 /// Objects one owner retired, freed (dropped) once no reader can reach them.

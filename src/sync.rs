@@ -86,6 +86,7 @@ mod imp {
     /// `lazy_static!` under `cfg(loom)`, which is fresh in every execution).
     macro_rules! lazy_static {
         (static ref $name:ident : $t:ty = $init:expr;) => {
+            #[inline]
             fn $name() -> &'static $t {
                 static CELL: std::sync::OnceLock<$t> = std::sync::OnceLock::new();
                 CELL.get_or_init(|| $init)

@@ -3,8 +3,10 @@
 //! and writers change under a per-shard mutex.
 //!
 //! # Layout
-//! A shard's *head* points to its current [`Table`] (null: no slots yet), a
-//! power-of-two array of slot words. A slot is empty (null), a tombstone
+//! A shard's *head* word points to its current [`Table`] (null: no slots
+//! yet), a power-of-two array of slot words, 64-byte aligned so that the
+//! head's low bits hold the size's log2: a probe's only dependent loads are
+//! the head, a slot and a node. A slot is empty (null), a tombstone
 //! ([`tomb`]), or a pointer to a [`Node`] `{hash, key, value}` that carries
 //! 16 bits of the key's hash in its unused top bits, so a probe dereferences
 //! only nodes whose tag matches. A node never changes once published:
@@ -36,6 +38,7 @@
 //! followed by reclamation (`loom-tests/tests/router_table.rs`); values
 //! there are loom cells that a premature free would race on.
 
+use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
 use crossbeam_utils::CachePadded;
@@ -51,23 +54,73 @@ pub(crate) struct Node<K, V> {
     pub(crate) value: V,
 }
 
-/// A table of slots; its length is a power of two, at least [`MIN_SLOTS`].
-pub(crate) struct Table<K, V> {
-    slots: Box<[AtomicPtr<Node<K, V>>]>,
+type Slot<K, V> = AtomicPtr<Node<K, V>>;
+
+/// A table: a power-of-two number of slots, at least [`MIN_SLOTS`], in one
+/// allocation aligned to [`TABLE_ALIGN`].
+pub(crate) type Table<K, V> = [Slot<K, V>];
+
+/// A table's alignment, which leaves the low 6 bits of its address free
+/// for its size's log2 in the head word (so a probe needs no load to learn
+/// the mask).
+const TABLE_ALIGN: usize = 64;
+
+fn table_layout<K, V>(len: usize) -> Layout {
+    Layout::array::<Slot<K, V>>(len)
+        .and_then(|layout| layout.align_to(TABLE_ALIGN))
+        .expect("slot count is at most 2^31")
 }
 
-impl<K, V> Table<K, V> {
-    fn new(slots: usize) -> Self {
-        Table {
-            slots: (0..slots)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-        }
+/// A new empty table of `len` slots (a power of two, or 0 for none), as a
+/// head word: its address with `log2(len)` in the low bits, or null.
+fn new_table<K, V>(len: usize) -> *mut Slot<K, V> {
+    if len == 0 {
+        return ptr::null_mut();
     }
+    debug_assert!(len.is_power_of_two());
+    let layout = table_layout::<K, V>(len);
+    // SAFETY: the layout has a non-zero size (len ≥ 1 slot of 8 bytes).
+    let base = unsafe { alloc::alloc(layout) }.cast::<Slot<K, V>>();
+    if base.is_null() {
+        alloc::handle_alloc_error(layout);
+    }
+    for i in 0..len {
+        // SAFETY: `i < len`, inside the allocation; each slot written once.
+        unsafe { base.add(i).write(AtomicPtr::new(ptr::null_mut())) };
+    }
+    base.map_addr(|a| a | len.trailing_zeros() as usize)
+}
 
-    #[inline]
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
+/// The slots a head word points to (`None`: no table).
+///
+/// # Safety
+/// `word` is null or came from [`new_table`], and that table is not freed
+/// during `'a`.
+#[inline(always)]
+unsafe fn table<'a, K, V>(word: *mut Slot<K, V>) -> Option<&'a Table<K, V>> {
+    if word.is_null() {
+        return None;
+    }
+    let len = 1 << (word.addr() & (TABLE_ALIGN - 1));
+    let base = word.map_addr(|a| a & !(TABLE_ALIGN - 1));
+    // SAFETY: `new_table` initialised `len` slots at `base`; the caller
+    // keeps them alive.
+    Some(unsafe { std::slice::from_raw_parts(base, len) })
+}
+
+/// Frees a table (not its nodes).
+///
+/// # Safety
+/// `word` came from [`new_table`], is not null, and no one uses the table
+/// again.
+unsafe fn free_table<K, V>(word: *mut Slot<K, V>) {
+    // SAFETY: the caller's contract.
+    let len = unsafe { table(word) }.expect("not null").len();
+    let base = word.map_addr(|a| a & !(TABLE_ALIGN - 1));
+    // SAFETY: `len` initialised slots at `base`, allocated with this layout.
+    unsafe {
+        ptr::drop_in_place(ptr::slice_from_raw_parts_mut(base, len));
+        alloc::dealloc(base.cast(), table_layout::<K, V>(len));
     }
 }
 
@@ -127,7 +180,50 @@ pub(crate) fn slots_for(live: usize) -> usize {
 }
 
 /// A shard's head: the reader-visible pointer to its table.
-pub(crate) type Head<K, V> = AtomicPtr<Table<K, V>>;
+pub(crate) type Head<K, V> = AtomicPtr<Slot<K, V>>;
+
+/// Probes `table` for a node of `hash` that `accept` takes, slot by slot
+/// from the home slot (linear probing), up to the first empty slot.
+/// Returns the node's slot and node, or that empty slot; `on_tomb` sees each
+/// tombstone passed, in order. Slot words carry tags, so only nodes whose
+/// tag matches are dereferenced.
+///
+/// Invariant (kept by every insert and rebuild, which fill the first free
+/// slot of this order): no empty slot lies between a key's home slot and
+/// its node; removal leaves a tombstone, not an empty slot.
+///
+/// # Safety
+/// Every node the table points to stays valid for `'a` (the caller is
+/// pinned, or holds the shard's lock).
+#[inline(always)]
+unsafe fn probe<'a, K, V>(
+    table: &'a Table<K, V>,
+    hash: u64,
+    order: Ordering,
+    mut accept: impl FnMut(&K) -> bool,
+    mut on_tomb: impl FnMut(usize),
+) -> Result<(usize, &'a Node<K, V>), usize> {
+    let (mask, want, low) = (table.len() - 1, tag(hash), hash as u32);
+    let mut i = low as usize & mask;
+    // A table always has an empty slot (load ≤ 3/4), so this ends.
+    loop {
+        let word = table[i].load(order);
+        if word.is_null() {
+            return Err(i);
+        }
+        if word.addr() & !ADDRESS_MASK == want && (TAGGED || word != tomb()) {
+            // SAFETY: a tagged, non-tomb word points to a published node,
+            // valid for 'a by the caller's contract.
+            let node = unsafe { &*untagged(word) };
+            if node.hash == low && accept(&node.key) {
+                return Ok((i, node));
+            }
+        } else if word == tomb() {
+            on_tomb(i);
+        }
+        i = (i + 1) & mask;
+    }
+}
 
 /// Finds `hash`'s node whose key `eq` accepts, in the table `head` points
 /// to now. The node stays valid while `_guard` lives.
@@ -136,32 +232,16 @@ pub(crate) fn find<'g, K, V>(
     head: &'g Head<K, V>,
     _guard: &'g Guard,
     hash: u64,
-    mut eq: impl FnMut(&K) -> bool,
+    eq: impl FnMut(&K) -> bool,
 ) -> Option<&'g Node<K, V>> {
-    let table = head.load(Ordering::Acquire);
-    if table.is_null() {
-        return None;
-    }
-    // SAFETY: a table is freed only after every reader pinned before it was
-    // unlinked has unpinned, and `_guard` pins this thread for 'g.
-    let table = unsafe { &*table };
-    let (mask, want, low) = (table.mask(), tag(hash), hash as u32);
-    let mut i = low as usize & mask;
-    // A table always has an empty slot (load ≤ 3/4), so this ends.
-    loop {
-        let slot = table.slots[i].load(Ordering::Acquire);
-        if slot.is_null() {
-            return None;
-        }
-        if slot.addr() & !ADDRESS_MASK == want && (TAGGED || slot != tomb()) {
-            // SAFETY: a non-tomb slot points to a published node, which is
-            // freed only after this pin ends (as for the table).
-            let node = unsafe { &*untagged(slot) };
-            if node.hash == low && eq(&node.key) {
-                return Some(node);
-            }
-        }
-        i = (i + 1) & mask;
+    // SAFETY: tables and nodes are freed only after every reader pinned
+    // before they were unlinked has unpinned, and `_guard` pins this thread
+    // for 'g.
+    unsafe {
+        let table = table(head.load(Ordering::Acquire))?;
+        probe(table, hash, Ordering::Acquire, eq, |_| {})
+            .ok()
+            .map(|(_, node)| node)
     }
 }
 
@@ -171,13 +251,11 @@ pub(crate) fn for_each<'g, K, V>(
     _guard: &'g Guard,
     mut f: impl FnMut(&'g Node<K, V>),
 ) {
-    let table = head.load(Ordering::Acquire);
-    if table.is_null() {
-        return;
-    }
     // SAFETY: as in `find`.
-    let table = unsafe { &*table };
-    for slot in table.slots.iter() {
+    let Some(table) = (unsafe { table(head.load(Ordering::Acquire)) }) else {
+        return;
+    };
+    for slot in table {
         let slot = slot.load(Ordering::Acquire);
         if !slot.is_null() && slot != tomb() {
             // SAFETY: as in `find`.
@@ -189,18 +267,19 @@ pub(crate) fn for_each<'g, K, V>(
 /// Something a writer unlinked, freed when dropped.
 pub(crate) enum Retired<K, V> {
     Node(NonNull<Node<K, V>>),
-    Table(NonNull<Table<K, V>>),
+    Table(NonNull<Slot<K, V>>),
 }
 
 impl<K, V> Drop for Retired<K, V> {
     fn drop(&mut self) {
-        // SAFETY: both pointers came from `Box::into_raw`, were unlinked
+        // SAFETY: nodes came from `Box::into_raw` and tables from
+        // `new_table`; both were unlinked
         // before they were retired, and are retired (so freed) once; a
         // `Retired` is dropped only when no reader can reach it.
         unsafe {
             match *self {
                 Retired::Node(node) => drop(Box::from_raw(node.as_ptr())),
-                Retired::Table(table) => drop(Box::from_raw(table.as_ptr())),
+                Retired::Table(table) => free_table(table.as_ptr()),
             }
         }
     }
@@ -265,19 +344,18 @@ impl<K, V> Writer<K, V> {
 
 /// The table behind `head` and all its nodes, as garbage.
 fn retire_all<K, V>(head: Head<K, V>) -> Vec<Retired<K, V>> {
-    let table = head.load(Ordering::Relaxed);
-    let Some(table) = NonNull::new(table) else {
+    let word = head.load(Ordering::Relaxed);
+    // SAFETY: the caller unlinked this table; it stays valid until retired.
+    let Some(slots) = (unsafe { table(word) }) else {
         return Vec::new();
     };
-    // SAFETY: the caller unlinked this table; it stays valid until retired.
-    let slots = unsafe { &table.as_ref().slots };
     let mut all: Vec<_> = slots
         .iter()
         .map(|slot| slot.load(Ordering::Relaxed))
         .filter(|slot| !slot.is_null() && *slot != tomb())
         .map(|slot| Retired::Node(NonNull::new(untagged(slot)).expect("a node")))
         .collect();
-    all.push(Retired::Table(table));
+    all.push(Retired::Table(NonNull::new(word).expect("not null")));
     all
 }
 
@@ -297,13 +375,13 @@ impl<K, V> Locked<'_, K, V> {
         // SAFETY: only writers, which hold this lock, replace or retire the
         // table, and a retired table is not freed while we hold the lock
         // (collection happens in `finish`, after which `self` is gone).
-        unsafe { self.head.load(Ordering::Relaxed).as_ref() }
+        unsafe { table(self.head.load(Ordering::Relaxed)) }
     }
 
     /// The current table's slot count.
     #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
-        self.table().map_or(0, |t| t.slots.len())
+        self.table().map_or(0, |t| t.len())
     }
 
     #[cfg(feature = "serde")]
@@ -312,39 +390,26 @@ impl<K, V> Locked<'_, K, V> {
     }
 
     /// The slot of the node whose key `eq` accepts, or where that key goes.
-    pub(crate) fn lookup(
-        &self,
-        hash: u64,
-        mut eq: impl FnMut(&K) -> bool,
-    ) -> Result<usize, Vacant> {
+    pub(crate) fn lookup(&self, hash: u64, eq: impl FnMut(&K) -> bool) -> Result<usize, Vacant> {
         let Some(table) = self.table() else {
             return Err(Vacant(None));
         };
-        let (mask, low) = (table.mask(), hash as u32);
-        let mut i = low as usize & mask;
         let mut first_tomb = None;
-        loop {
-            let slot = table.slots[i].load(Ordering::Relaxed);
-            if slot.is_null() {
-                return Err(Vacant(Some(first_tomb.unwrap_or(i))));
-            }
-            if slot == tomb() {
+        // SAFETY: only this lock's holder unlinks nodes.
+        match unsafe {
+            probe(table, hash, Ordering::Relaxed, eq, |i| {
                 first_tomb.get_or_insert(i);
-            } else if slot.addr() & !ADDRESS_MASK == tag(hash) {
-                // SAFETY: only this lock's holder unlinks nodes.
-                let node = unsafe { &*untagged(slot) };
-                if node.hash == low && eq(&node.key) {
-                    return Ok(i);
-                }
-            }
-            i = (i + 1) & mask;
+            })
+        } {
+            Ok((i, _)) => Ok(i),
+            Err(empty) => Err(Vacant(Some(first_tomb.unwrap_or(empty)))),
         }
     }
 
     /// The node at a slot from [`Self::lookup`].
     pub(crate) fn node(&self, index: usize) -> &Node<K, V> {
         let table = self.table().expect("a slot implies a table");
-        let slot = table.slots[index].load(Ordering::Relaxed);
+        let slot = table[index].load(Ordering::Relaxed);
         debug_assert!(!slot.is_null() && slot != tomb(), "a slot from lookup");
         // SAFETY: a live slot's node is freed only after it is unlinked,
         // retired and collected, none of which happens while we hold `&self`.
@@ -355,7 +420,7 @@ impl<K, V> Locked<'_, K, V> {
     /// to the shard since.
     pub(crate) fn insert_vacant(&mut self, vacant: Vacant, hash: u64, key: K, value: V) {
         let node = new_node(hash as u32, tag(hash), key, value);
-        let slots = self.table().map_or(0, |t| t.slots.len());
+        let slots = self.table().map_or(0, |t| t.len());
         let fits = (self.state.live + self.state.tombs + 1) * 4 <= slots * 3;
         let reuses_tomb = vacant.0.is_some_and(|i| self.is_tomb(i));
         match vacant.0 {
@@ -363,8 +428,7 @@ impl<K, V> Locked<'_, K, V> {
                 if reuses_tomb {
                     self.state.tombs -= 1;
                 }
-                self.table().expect("a slot implies a table").slots[i]
-                    .store(node, Ordering::Release);
+                self.table().expect("a slot implies a table")[i].store(node, Ordering::Release);
             }
             _ => {
                 // Room for a third more than `live` (tombstones are dropped),
@@ -372,7 +436,7 @@ impl<K, V> Locked<'_, K, V> {
                 let live = self.state.live + 1;
                 self.rebuild(slots_for(live + live / 3).max(self.state.min_slots));
                 let table = self.table().expect("just built");
-                table.slots[free_slot(table, hash)].store(node, Ordering::Release);
+                table[free_slot(table, hash)].store(node, Ordering::Release);
             }
         }
         self.set_live(self.state.live + 1);
@@ -380,15 +444,14 @@ impl<K, V> Locked<'_, K, V> {
 
     fn is_tomb(&self, index: usize) -> bool {
         self.table()
-            .is_some_and(|t| t.slots[index].load(Ordering::Relaxed) == tomb())
+            .is_some_and(|t| t[index].load(Ordering::Relaxed) == tomb())
     }
 
     /// Publishes a new node for the key at `index` (`key` must equal it) and
     /// retires the old one, which stays readable (through the returned
     /// reference) until this guard is finished.
     pub(crate) fn replace(&mut self, index: usize, key: K, value: V) -> &Node<K, V> {
-        let old =
-            self.table().expect("a slot implies a table").slots[index].load(Ordering::Relaxed);
+        let old = self.table().expect("a slot implies a table")[index].load(Ordering::Relaxed);
         // SAFETY: a live node, as in `node`.
         let low = unsafe { (*untagged(old)).hash };
         let node = new_node(low, old.addr() & !ADDRESS_MASK, key, value);
@@ -406,8 +469,8 @@ impl<K, V> Locked<'_, K, V> {
 
     fn unlink(&mut self, index: usize, with: *mut Node<K, V>) -> &Node<K, V> {
         let table = self.table().expect("a slot implies a table");
-        let old = table.slots[index].load(Ordering::Relaxed);
-        table.slots[index].store(with, Ordering::Release);
+        let old = table[index].load(Ordering::Relaxed);
+        table[index].store(with, Ordering::Release);
         let old = NonNull::new(untagged(old)).expect("a slot from lookup");
         self.state.bin.push(Retired::Node(old));
         // SAFETY: retired, so freed only by a later `collect` in `finish`.
@@ -419,9 +482,9 @@ impl<K, V> Locked<'_, K, V> {
         let Some(table) = self.table() else {
             return Vec::new();
         };
-        (0..table.slots.len())
+        (0..table.len())
             .filter(|&i| {
-                let slot = table.slots[i].load(Ordering::Relaxed);
+                let slot = table[i].load(Ordering::Relaxed);
                 !slot.is_null() && slot != tomb()
             })
             .collect()
@@ -430,7 +493,7 @@ impl<K, V> Locked<'_, K, V> {
     /// Shrinks a shard that fell below a quarter full, to half full, never
     /// below its minimum; rebuilds one whose tombstones crowd it.
     pub(crate) fn tidy(&mut self) {
-        let slots = self.table().map_or(0, |t| t.slots.len());
+        let slots = self.table().map_or(0, |t| t.len());
         let live = self.state.live;
         if slots > self.state.min_slots.max(64) && live * 4 < slots / 4 * 3 {
             self.rebuild(slots_for(live * 2).max(self.state.min_slots));
@@ -440,7 +503,7 @@ impl<K, V> Locked<'_, K, V> {
     /// Unlinks every node and the table, leaving an empty table of the
     /// minimum size.
     pub(crate) fn clear(&mut self) {
-        let fresh = table_ptr(self.state.min_slots);
+        let fresh = new_table(self.state.min_slots);
         let old = self.head.swap(fresh, Ordering::AcqRel);
         for retired in retire_all(AtomicPtr::new(old)) {
             self.state.bin.push(retired);
@@ -452,15 +515,14 @@ impl<K, V> Locked<'_, K, V> {
     /// Moves every node into a new table of `slots` slots, published with one
     /// store, and retires the old table.
     fn rebuild(&mut self, slots: usize) {
-        let fresh = table_ptr(slots);
-        if let Some(new) = NonNull::new(fresh) {
-            // SAFETY: not yet published: only this thread can see it.
-            let new = unsafe { new.as_ref() };
+        let fresh = new_table::<K, V>(slots);
+        // SAFETY: not yet published: only this thread can see it.
+        if let Some(new) = unsafe { table(fresh) } {
             for i in self.occupied() {
-                let slot = self.table().expect("occupied").slots[i].load(Ordering::Relaxed);
+                let slot = self.table().expect("occupied")[i].load(Ordering::Relaxed);
                 // SAFETY: a live node, as in `node`.
                 let hash = unsafe { (*untagged(slot)).hash };
-                new.slots[free_slot(new, u64::from(hash))].store(slot, Ordering::Relaxed);
+                new[free_slot(new, u64::from(hash))].store(slot, Ordering::Relaxed);
             }
         }
         let old = self.head.swap(fresh, Ordering::AcqRel);
@@ -500,23 +562,13 @@ impl<K, V> Locked<'_, K, V> {
     }
 }
 
-/// The first slot of `hash`'s probe that holds no node, in a table being
-/// built (no tombstones).
+/// The first empty slot of `hash`'s probe, in a table being built (no
+/// tombstones, and no node of the same key).
 fn free_slot<K, V>(table: &Table<K, V>, hash: u64) -> usize {
-    let mask = table.mask();
-    let mut i = hash as u32 as usize & mask;
-    while !table.slots[i].load(Ordering::Relaxed).is_null() {
-        i = (i + 1) & mask;
-    }
-    i
-}
-
-/// A new table of `slots` slots (null for none).
-fn table_ptr<K, V>(slots: usize) -> *mut Table<K, V> {
-    if slots == 0 {
-        ptr::null_mut()
-    } else {
-        Box::into_raw(Box::new(Table::new(slots)))
+    // SAFETY: the caller holds the shard's lock; `accept` takes no node.
+    match unsafe { probe(table, hash, Ordering::Relaxed, |_| false, |_| {}) } {
+        Ok(_) => unreachable!("accept takes nothing"),
+        Err(empty) => empty,
     }
 }
 
