@@ -193,16 +193,16 @@ pub(crate) type Head<K, V> = AtomicPtr<Slot<K, V>>;
 /// its node; removal leaves a tombstone, not an empty slot.
 ///
 /// # Safety
-/// Every node the table points to stays valid for `'a` (the caller is
-/// pinned, or holds the shard's lock).
+/// Every node the table points to stays valid as long as the table borrow
+/// (the caller is pinned, or holds the shard's lock).
 #[inline(always)]
-unsafe fn probe<'a, K, V>(
-    table: &'a Table<K, V>,
+unsafe fn probe<K, V>(
+    table: &Table<K, V>,
     hash: u64,
     order: Ordering,
     mut accept: impl FnMut(&K) -> bool,
     mut on_tomb: impl FnMut(usize),
-) -> Result<(usize, &'a Node<K, V>), usize> {
+) -> Result<(usize, &Node<K, V>), usize> {
     let (mask, want, low) = (table.len() - 1, tag(hash), hash as u32);
     let mut i = low as usize & mask;
     // A table always has an empty slot (load ≤ 3/4), so this ends.
@@ -213,7 +213,7 @@ unsafe fn probe<'a, K, V>(
         }
         if word.addr() & !ADDRESS_MASK == want && (TAGGED || word != tomb()) {
             // SAFETY: a tagged, non-tomb word points to a published node,
-            // valid for 'a by the caller's contract.
+            // valid as long as `table` by the caller's contract.
             let node = unsafe { &*untagged(word) };
             if node.hash == low && accept(&node.key) {
                 return Ok((i, node));
