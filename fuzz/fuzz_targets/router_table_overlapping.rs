@@ -80,7 +80,9 @@ fuzz_target!(|ops: (Vec<Op>, Vec<Op>)| {
         });
         // Join explicitly: that waits for each thread's thread-local
         // destructors too, which the leak checker would otherwise see.
-        threads.map(|t| t.join().unwrap());
+        for thread in threads {
+            thread.join().unwrap();
+        }
     });
     let mut entries = 0;
     table.for_each(|k, v| {
