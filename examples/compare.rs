@@ -2,8 +2,12 @@
 //! workloads (the ones conc-map-bench uses), all in this one process.
 //!
 //! ```text
-//! cargo run --release --example compare [-- --rounds 3 --threads 1,2 --cap-log2 22]
+//! cargo run --release --example compare [-- --rounds 3 --threads 1,2 --cap-log2 22 --workload NAME]
 //! ```
+//!
+//! The last rows give peak resident bytes per entry after inserting 2^cap-log2
+//! u64 → u32 entries, each map in its own child process (`--workload memory`
+//! prints only those).
 //!
 //! Prints Mop/s per map and the ratio of RouterTable to the best peer in the
 //! same run (the median over rounds, rounds interleaved across maps).
@@ -106,6 +110,70 @@ fn run_map(index: usize, workload: &Workload) -> f64 {
     m.throughput / 1e6
 }
 
+/// Fills map `index` with `n` u64 → u32 entries (the adapter's insert),
+/// starting from capacity `capacity`, and returns the process's peak
+/// resident bytes. Run in a child process per map, so peaks are separate.
+fn fill_peak(index: usize, capacity: usize, n: u64) -> u64 {
+    fn fill<C: Collection>(capacity: usize, n: u64) -> C
+    where
+        C::Handle: CollectionHandle<Key = u64>,
+    {
+        let map = C::with_capacity(capacity);
+        let mut handle = map.pin();
+        for i in 0..n {
+            // A bijective mix: distinct, well-spread keys.
+            let key = (i ^ 0x5555_5555).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert!(handle.insert(&key));
+        }
+        map
+    }
+    let map: Box<dyn std::any::Any> = match index {
+        0 => Box::new(fill::<Router>(capacity, n)),
+        1 => Box::new(fill::<Dash>(capacity, n)),
+        2 => Box::new(fill::<Papaya>(capacity, n)),
+        3 => Box::new(fill::<SccMap>(capacity, n)),
+        _ => Box::new(fill::<SccIndex>(capacity, n)),
+    };
+    let peak = peak_resident_bytes();
+    drop(map);
+    peak
+}
+
+/// `VmHWM` from `/proc/self/status` (Linux), in bytes.
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Prints peak resident bytes per entry for each map, each filled in its own
+/// child process, presized and grown from empty; the baseline (a child that
+/// fills nothing) is subtracted.
+fn memory_rows(cap_log2: u8) {
+    let n = 1u64 << cap_log2;
+    let child = |index: usize, capacity: usize, entries: u64| -> u64 {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--memory-child", &format!("{index},{capacity},{entries}")])
+            .output()
+            .expect("run a child");
+        assert!(out.status.success(), "child failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    };
+    let baseline = child(0, 0, 0);
+    for (label, capacity) in [("presized", n as usize), ("grown", 0)] {
+        let per_entry: Vec<f64> = (0..MAPS.len())
+            .map(|i| (child(i, capacity, n).saturating_sub(baseline)) as f64 / n as f64)
+            .collect();
+        let cells: Vec<String> = per_entry.iter().map(|b| format!("{b:.1}")).collect();
+        println!(
+            "| memory, bytes/entry ({label}, 2^{cap_log2} entries) | - | {} | {:.2}× dashmap |",
+            cells.join(" | "),
+            per_entry[0] / per_entry[1]
+        );
+    }
+}
+
 fn workloads() -> Vec<(&'static str, Mix, f64)> {
     let mix = |read, insert, remove, update| Mix {
         read,
@@ -140,6 +208,16 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(spec) = arg(&args, "--memory-child") {
+        let [index, capacity, n]: [u64; 3] = spec
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        println!("{}", fill_peak(index as usize, capacity as usize, n));
+        return;
+    }
     let rounds: usize = arg(&args, "--rounds").map_or(1, |s| s.parse().expect("--rounds N"));
     let cap_log2: u8 = arg(&args, "--cap-log2").map_or(22, |s| s.parse().expect("--cap-log2 N"));
     let threads: Vec<usize> = arg(&args, "--threads").map_or(vec![1, 2], |s| {
@@ -187,6 +265,9 @@ fn main() {
                 read_only.push((t, mops[0]));
             }
         }
+    }
+    if only.is_none() || only.as_deref() == Some("memory") {
+        memory_rows(cap_log2);
     }
     if let (Some(&(1, one)), Some(&(2, two))) = (read_only.first(), read_only.get(1)) {
         println!(

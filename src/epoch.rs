@@ -215,6 +215,7 @@ impl<T> Bin<T> {
     }
 
     /// Objects retired since the last [`Self::collect`].
+    #[cfg(test)]
     pub(crate) fn fresh(&self) -> usize {
         self.fresh.len()
     }

@@ -293,6 +293,8 @@ unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
 pub(crate) struct State<K, V> {
     live: usize,
     tombs: usize,
+    /// What was retired since the last collect, weighed by [`Locked::retire`].
+    weight: usize,
     /// Never shrink below this many slots.
     min_slots: usize,
     bin: Bin<Retired<K, V>>,
@@ -312,6 +314,7 @@ impl<K, V> Writer<K, V> {
             state: Mutex::new(State {
                 live: 0,
                 tombs: 0,
+                weight: 0,
                 min_slots,
                 bin: Bin::default(),
             }),
@@ -472,7 +475,7 @@ impl<K, V> Locked<'_, K, V> {
         let old = table[index].load(Ordering::Relaxed);
         table[index].store(with, Ordering::Release);
         let old = NonNull::new(untagged(old)).expect("a slot from lookup");
-        self.state.bin.push(Retired::Node(old));
+        self.retire(Retired::Node(old));
         // SAFETY: retired, so freed only by a later `collect` in `finish`.
         unsafe { old.as_ref() }
     }
@@ -506,7 +509,7 @@ impl<K, V> Locked<'_, K, V> {
         let fresh = new_table(self.state.min_slots);
         let old = self.head.swap(fresh, Ordering::AcqRel);
         for retired in retire_all(AtomicPtr::new(old)) {
-            self.state.bin.push(retired);
+            self.retire(retired);
         }
         self.state.tombs = 0;
         self.set_live(0);
@@ -527,7 +530,7 @@ impl<K, V> Locked<'_, K, V> {
         }
         let old = self.head.swap(fresh, Ordering::AcqRel);
         if let Some(old) = NonNull::new(old) {
-            self.state.bin.push(Retired::Table(old));
+            self.retire(Retired::Table(old));
         }
         self.state.tombs = 0;
     }
@@ -540,19 +543,31 @@ impl<K, V> Locked<'_, K, V> {
     /// Unlocks the shard, handing back whatever garbage no reader can reach
     /// any more, once enough has been retired to pay for a heavy barrier.
     /// The caller drops it (running user `Drop`s) after the lock is gone.
-    pub(crate) fn finish(mut self) -> Vec<Retired<K, V>> {
+    pub(crate) fn finish(self) -> Vec<Retired<K, V>> {
         let batch = (self.state.live / 16).max(MIN_BATCH);
-        if self.state.bin.fresh() >= batch {
-            self.state.bin.collect()
+        if self.state.weight >= batch {
+            self.finish_now_after(|_| {})
         } else {
             Vec::new()
         }
+    }
+
+    /// Retires `item`, weighing a table by its memory (a quarter of its
+    /// slots, about its bytes in nodes' terms), so that outgrown tables are
+    /// freed as promptly as removed entries.
+    fn retire(&mut self, item: Retired<K, V>) {
+        self.state.weight += match &item {
+            Retired::Node(_) => 1,
+            Retired::Table(word) => (1 << (word.as_ptr().addr() & (TABLE_ALIGN - 1))) / 4,
+        };
+        self.state.bin.push(item);
     }
 
     /// Runs `f`, then unlocks like [`Self::finish`] but collects whatever
     /// was retired, however little.
     pub(crate) fn finish_now_after(mut self, f: impl FnOnce(&mut Self)) -> Vec<Retired<K, V>> {
         f(&mut self);
+        self.state.weight = 0;
         self.state.bin.collect()
     }
 
