@@ -61,5 +61,17 @@ fn get_hit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_hit);
+/// What crossbeam-epoch's `pin` (the named reclamation dependency) would
+/// add to every lookup: a pin and unpin on an unpinned thread, which runs a
+/// SeqCst fence (`lock`-prefixed on x86). RouterTable's own pin is a store
+/// and a compiler fence; the whole `get` above includes it.
+fn epoch_pin(c: &mut Criterion) {
+    let mut group = c.benchmark_group("epoch_pin");
+    group.bench_function("crossbeam-epoch pin+unpin", |b| {
+        b.iter(|| drop(black_box(crossbeam_epoch::pin())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, get_hit, epoch_pin);
 criterion_main!(benches);

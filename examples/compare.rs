@@ -142,7 +142,10 @@ fn fill_peak(index: usize, capacity: usize, n: u64) -> u64 {
 /// `VmHWM` from `/proc/self/status` (Linux), in bytes.
 fn peak_resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
@@ -158,7 +161,11 @@ fn memory_rows(cap_log2: u8) {
             .output()
             .expect("run a child");
         assert!(out.status.success(), "child failed: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let baseline = child(0, 0, 0);
     for (label, capacity) in [("presized", n as usize), ("grown", 0)] {

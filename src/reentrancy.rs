@@ -1,16 +1,14 @@
-//! Detects calls into a table from code it runs under one of its own locks.
+//! Detects calls into a table from code that table runs.
 //!
 //! Every stretch of a [`crate::RouterTable`] operation that runs user code
-//! while holding a shard lock (the user's closures, and the `Clone`, `Eq`
-//! and `Drop` of its keys and values) runs inside [`scoped`], which records
-//! (table, access) on this thread. Every table operation first calls
-//! [`check`], so what such code may do is the same whatever shard its key
-//! falls in:
+//! (the user's closures, and the `Clone` and `Eq` of its keys and values)
+//! runs inside [`scoped`], which records (table, access) on this thread.
+//! Every table operation first calls [`check`], so what such code may do is
+//! the same whatever shard its key falls in:
 //!
-//! * inside a `Shared` scope (a read lock is held: `get`, `get_with`,
-//!   `contains_key`, `for_each`, ...): reads of the same table work, and
-//!   [`check`] reports them as *nested*, so they never queue behind a waiting
-//!   writer (see `raw_rwlock`'s nested reads); writes panic;
+//! * inside a `Shared` scope (a read: `get`, `get_with`, `contains_key`,
+//!   `for_each`, ...; no lock is held): reads of the same table work;
+//!   writes panic;
 //! * inside an `Exclusive` scope (a write lock is held): every call on the
 //!   same table panics.
 //!
@@ -27,7 +25,7 @@ use crate::sync::thread_locals;
 /// What the code in a scope runs under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Access {
-    /// A shard read lock is held.
+    /// A read (or a snapshot): no shard lock that a read would need.
     Shared,
     /// A shard write lock is held.
     Exclusive,

@@ -1,19 +1,5 @@
 //! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
 //!
-//! Each shard is a [`LinearMap`] behind a
-//! [`LockedCell`](crate::sharded_rwlock::LockedCell); all shards share one
-//! [`ReaderSlots`] matrix (a column each), so a thread's reader slots for
-//! every shard sit together on the lines it alone writes. The lock protocol,
-//! its orderings and its loom models are described in [`crate::raw_rwlock`].
-//!
-//! The one atomic this module adds is a [`SlotHint`]: a Relaxed copy of where
-//! a shard's slots live, so that an operation can prefetch its key's home
-//! slot before the lock's fence, which would otherwise hold the cache miss
-//! back until the fence completes. The hint synchronizes nothing; a stale
-//! one costs a useless prefetch.
-
-//! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
-//!
 //! Readers take no lock: they pin the thread ([`crate::epoch`]) and probe
 //! the shard's current table of immutable nodes ([`shard`], which describes
 //! the layout and the protocol). Writers lock one shard's mutex, publish new
