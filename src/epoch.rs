@@ -61,6 +61,7 @@
 //! owner has retired enough to amortize it (see `RouterTable`).
 
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
@@ -126,9 +127,10 @@ impl Collector {
     }
 }
 
-/// Keeps everything retired before [`pin`] alive until it is dropped.
+/// Keeps everything retired before [`pin`] alive until it is dropped. Not
+/// `Send`: it clears its own thread's row.
 #[must_use]
-pub(crate) struct Guard(Pin);
+pub(crate) struct Guard(Pin, PhantomData<*const ()>);
 
 enum Pin {
     /// Inside another pin of this thread: nothing to undo.
@@ -146,12 +148,12 @@ pub(crate) fn pin() -> Guard {
     match c.rows.get(thread_index::current()) {
         Some(row) => {
             if row.load(Ordering::Relaxed) != 0 {
-                return Guard(Pin::Nested);
+                return Guard(Pin::Nested, PhantomData);
             }
             let epoch = c.epoch.load(Ordering::Acquire);
             row.store(epoch, Ordering::Release);
             c.light_barrier();
-            Guard(Pin::Row(row))
+            Guard(Pin::Row(row), PhantomData)
         }
         None => pin_overflow(c),
     }
@@ -162,7 +164,7 @@ fn pin_overflow(c: &Collector) -> Guard {
     let mut pinned = lock(&c.overflow);
     let epoch = c.epoch.load(Ordering::Acquire);
     pinned.push(epoch);
-    Guard(Pin::Overflow(epoch))
+    Guard(Pin::Overflow(epoch), PhantomData)
 }
 
 impl Drop for Guard {
