@@ -113,7 +113,7 @@ pub use lock_set::LockSet;
 pub use node::Mode;
 
 use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
-use crate::RouterTable;
+use crate::{RouterTable, ShardedRwLock};
 use future::LockFuture;
 use lock_set::{depth, Plan};
 use node::{Node, NodeMode, MAX_SHARED_HOLDERS};
@@ -263,6 +263,9 @@ pub(crate) enum Attempt<'q> {
 pub struct PathLock {
     root: CachePadded<Node>,
     nodes: RouterTable<Box<str>, Arc<Node>>,
+    /// Excludes sweeps (write) from acquires and releases on nodes (read).
+    /// `RouterTable` reads take no lock, so its shard locks cannot.
+    sweep_guard: ShardedRwLock<()>,
     next_id: CachePadded<AtomicU64>,
     queue: Mutex<Queue>,
     /// Wakes blocking waiters after a grant pass granted one.
@@ -301,6 +304,7 @@ impl PathLock {
             } else {
                 ahash::RandomState::new()
             }),
+            sweep_guard: ShardedRwLock::new(()),
             next_id: CachePadded::new(AtomicU64::new(1)),
             queue: Mutex::new(Queue::default()),
             granted: Condvar::new(),
@@ -611,7 +615,11 @@ impl PathLock {
             return f(&self.root);
         }
         loop {
-            if let Some(result) = self.nodes.get_with(key, |node| f(node)) {
+            let found = {
+                let _no_sweep = self.sweep_guard.read();
+                self.nodes.get_with(key, |node| f(node))
+            };
+            if let Some(result) = found {
                 return result;
             }
             self.create_node(key);
@@ -625,7 +633,8 @@ impl PathLock {
         // amortised even when most nodes are held. Both counters are only a
         // heuristic: a race costs an extra or a late sweep, nothing more.
         if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst) {
-            // Each shard's write lock excludes every acquire and release.
+            // The sweep guard excludes every acquire and release.
+            let _sweeping = self.sweep_guard.write();
             self.nodes.retain(|_, node| {
                 let idle = node.is_idle();
                 if idle {
