@@ -19,6 +19,17 @@ fn noop_waker() -> Waker {
     Waker::from(Arc::new(Noop))
 }
 
+/// `loom::model` with room for more branches than its default 1,000: every
+/// node access now runs the sweep guard's and the node table's epoch
+/// protocol, and the models' spin loops yield once per step of the other
+/// thread, so a schedule takes more branches (none of them a livelock: each
+/// model finishes in seconds with this bound).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = builder.max_branches.max(20_000);
+    builder.check(f);
+}
+
 fn spin_until(flag: &AtomicBool) {
     while !flag.load(SeqCst) {
         thread::yield_now();
@@ -27,7 +38,7 @@ fn spin_until(flag: &AtomicBool) {
 
 #[test]
 fn reader_vs_writer_on_parent_and_child() {
-    loom::model(|| {
+    model(|| {
         let lock = Arc::new(PathLock::new());
         // Data "under" ["a"]: the writer of ["a", "b"] and the reader of
         // ["a"] must never touch it at once (loom checks the cell).
@@ -51,7 +62,7 @@ fn reader_vs_writer_on_parent_and_child() {
 
 #[test]
 fn writers_on_siblings_both_proceed() {
-    loom::model(|| {
+    model(|| {
         let lock = Arc::new(PathLock::new());
         let (in_x, in_y) = (
             Arc::new(AtomicBool::new(false)),
@@ -75,7 +86,7 @@ fn writers_on_siblings_both_proceed() {
 
 #[test]
 fn a_pending_writer_is_not_overtaken_by_a_new_reader() {
-    loom::model(|| {
+    model(|| {
         let lock = Arc::new(PathLock::new());
         let reader = lock.read(["a"]);
         let writer = {
@@ -97,7 +108,7 @@ fn a_pending_writer_is_not_overtaken_by_a_new_reader() {
 
 #[test]
 fn cancelling_a_waiter_races_a_release() {
-    loom::model(|| {
+    model(|| {
         let lock = Arc::new(PathLock::new());
         let holder = lock.lock_owned(&LockSet::new().write(["a"])).unwrap();
         let mut waiter = Box::pin(lock.lock_owned_async(LockSet::new().read(["a"])));
@@ -117,7 +128,7 @@ fn cancelling_a_waiter_races_a_release() {
 
 #[test]
 fn release_hands_off_to_a_waiting_set() {
-    loom::model(|| {
+    model(|| {
         let lock = Arc::new(PathLock::new());
         let a = lock.lock_owned(&LockSet::new().write(["a"])).unwrap();
         let b = lock.lock_owned(&LockSet::new().write(["b"])).unwrap();
