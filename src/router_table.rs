@@ -120,10 +120,9 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// 16, 256)`: 4,352 bytes on 2 cores and 34,816 bytes at 16 cores and up.
 /// [`with_shards`](Self::with_shards) with few shards brings it down
 /// further. An entry is a heap node (key, value and 4 bytes of hash) plus
-/// an 8-byte slot and a 1-byte tag at a load of 3/8 to 3/4. Unlinked
-/// entries and tables wait in their shard until a write finds that at least
-/// `max(64, len / 16)` have piled up there (an outgrown table weighs a
-/// quarter of its slots), then are freed once no reader pinned before their
+/// an 8-byte slot at a load of 3/8 to 3/4. Unlinked entries and tables wait
+/// in their shard until a write finds that at least `max(64, len / 16)`
+/// have piled up there, then are freed once no reader pinned before their
 /// unlinking is still reading ([`retired`](Self::retired) counts them).
 ///
 /// # Protocol

@@ -4,32 +4,25 @@
 //!
 //! # Layout
 //! A shard's *head* word points to its current [`Table`] (null: no slots
-//! yet): a power-of-two array of slot words preceded by as many one-byte
-//! tags, 64-byte aligned so that the head's low bits hold the size's log2.
-//! A tag is [`EMPTY`], [`TOMB`] or 8 bits of the key's hash; a slot is
-//! empty (null), a tombstone ([`tomb`]), or a pointer to a [`Node`]
-//! `{hash, key, value}` that carries 16 more bits of the hash in its unused
-//! top bits. A probe reads the dense tags (a miss, most of a read-mostly
-//! server's lookups, usually touches one line of them), loads a slot only
-//! where the tag matches, and dereferences only nodes whose 16-bit tag
-//! matches too. A node never changes once published: `insert` over a key,
-//! `update` and `retain` publish a new node in the same slot. Removal
-//! leaves a tombstone (shifting entries back would let a concurrent probe
-//! miss a key); tombstones count against the 3/4 load factor, so every
-//! table keeps an empty slot and every probe ends, and a rebuild (grow,
-//! shrink or same size) drops them.
+//! yet), a power-of-two array of slot words, 64-byte aligned so that the
+//! head's low bits hold the size's log2: a probe's only dependent loads are
+//! the head, a slot and a node. A slot is empty (null), a tombstone
+//! ([`tomb`]), or a pointer to a [`Node`] `{hash, key, value}` that carries
+//! 16 bits of the key's hash in its unused top bits, so a probe dereferences
+//! only nodes whose tag matches. A node never changes once published:
+//! `insert` over a key, `update` and `retain` publish a new node in the same
+//! slot. Removal leaves a tombstone (shifting entries back would let a
+//! concurrent probe miss a key); tombstones count against the 3/4 load
+//! factor, so every table keeps an empty slot and every probe ends, and a
+//! rebuild (grow, shrink or same size) drops them.
 //!
 //! # Protocol
 //! Writers hold the shard's mutex, so they are the only ones to store into
 //! its head and slots. Readers only load.
 //! * A writer publishes a node or table by storing its pointer with
 //!   `Release` after initialising it; a reader loads with `Acquire`, so it
-//!   sees the contents whole. A new node's slot is stored before its tag
-//!   (both `Release`), so a reader that reads the tag (`Acquire`) finds at
-//!   least that node in the slot; a removal stores the tombstone word, then
-//!   the tombstone tag, and a reader that meets a tombstone word behind a
-//!   live tag skips it. A rebuild fills the new table first and publishes
-//!   it with one store of the head.
+//!   sees the contents whole. A rebuild fills the new table first and
+//!   publishes it with one store of the head.
 //! * A writer that unlinks a node (overwrites its slot) or a table (replaces
 //!   the head) retires it into the shard's [`Bin`]; it is freed only after
 //!   every reader pinned before the unlink has unpinned (see
@@ -38,7 +31,7 @@
 //! * Each slot holds one node of a key at a time, and each store replaces one
 //!   state with the next, so a probe that passes a slot sees it before or
 //!   after a write, never in between: a lookup is linearizable at the load
-//!   of the tag or slot it ends on (or, on a table that was since replaced, at the
+//!   of the slot it ends on (or, on a table that was since replaced, at the
 //!   moment it loaded that table's head, which was current then).
 //!
 //! loom checks a reader against a replace, a remove and a rebuild, each
@@ -51,7 +44,7 @@ use std::ptr::{self, NonNull};
 use crossbeam_utils::CachePadded;
 
 use crate::epoch::{Bin, Guard};
-use crate::sync::{lock, AtomicPtr, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{lock, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A published entry; immutable until it is freed.
 pub(crate) struct Node<K, V> {
@@ -63,112 +56,56 @@ pub(crate) struct Node<K, V> {
 
 type Slot<K, V> = AtomicPtr<Node<K, V>>;
 
-/// A table: a power-of-two number of slots, at least [`MIN_SLOTS`], and as
-/// many one-byte tags, in one allocation aligned to [`TABLE_ALIGN`]: the
-/// tags first, then the slots. A probe reads tags, which are dense (a miss
-/// touches 8 slots' worth per byte of slot array... one line per 64 slots),
-/// and loads a slot only where the tag matches.
-pub(crate) struct Table<'a, K, V> {
-    tags: &'a [AtomicU8],
-    slots: &'a [Slot<K, V>],
-}
+/// A table: a power-of-two number of slots, at least [`MIN_SLOTS`], in one
+/// allocation aligned to [`TABLE_ALIGN`].
+pub(crate) type Table<K, V> = [Slot<K, V>];
 
-impl<K, V> Clone for Table<'_, K, V> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<K, V> Copy for Table<'_, K, V> {}
-
-/// Tag of an empty slot: a probe ends here.
-const EMPTY: u8 = 0;
-/// Tag of a tombstone: a probe goes on past it.
-const TOMB: u8 = 1;
-
-/// A live slot's tag: 8 bits of the key's hash (bits 24..32, which index
-/// only shards of more than 2^24 slots), never [`EMPTY`] or [`TOMB`].
-#[inline]
-fn tag8(low: u32) -> u8 {
-    ((low >> 24) as u8).max(2)
-}
-
-/// A table's alignment, which leaves the low 6 bits of its slots' address
-/// free for its size's log2 in the head word (so a probe needs no load to
-/// learn the mask).
+/// A table's alignment, which leaves the low 6 bits of its address free
+/// for its size's log2 in the head word (so a probe needs no load to learn
+/// the mask).
 const TABLE_ALIGN: usize = 64;
-
-/// Bytes before the slots: the tags, padded to keep the slots aligned.
-fn tags_span(len: usize) -> usize {
-    len.max(TABLE_ALIGN)
-}
 
 fn table_layout<K, V>(len: usize) -> Layout {
     Layout::array::<Slot<K, V>>(len)
-        .ok()
-        .and_then(|slots| Layout::from_size_align(tags_span(len) + slots.size(), TABLE_ALIGN).ok())
+        .and_then(|layout| layout.align_to(TABLE_ALIGN))
         .expect("slot count is at most 2^31")
 }
 
 /// A new empty table of `len` slots (a power of two, or 0 for none), as a
-/// head word: its slots' address with `log2(len)` in the low bits, or null.
+/// head word: its address with `log2(len)` in the low bits, or null.
 fn new_table<K, V>(len: usize) -> *mut Slot<K, V> {
     if len == 0 {
         return ptr::null_mut();
     }
     debug_assert!(len.is_power_of_two());
     let layout = table_layout::<K, V>(len);
-    // SAFETY: the layout has a non-zero size.
-    let base = unsafe { alloc::alloc(layout) };
+    // SAFETY: the layout has a non-zero size (len ≥ 1 slot of 8 bytes).
+    let base = unsafe { alloc::alloc(layout) }.cast::<Slot<K, V>>();
     if base.is_null() {
         alloc::handle_alloc_error(layout);
     }
-    // SAFETY: all offsets below lie inside the allocation (`table_layout`);
-    // each tag and slot is written once.
-    unsafe {
-        let tags = base.cast::<AtomicU8>();
-        for i in 0..len {
-            tags.add(i).write(AtomicU8::new(EMPTY));
-        }
-        let slots = base.add(tags_span(len)).cast::<Slot<K, V>>();
-        for i in 0..len {
-            slots.add(i).write(AtomicPtr::new(ptr::null_mut()));
-        }
-        slots.map_addr(|a| a | len.trailing_zeros() as usize)
+    for i in 0..len {
+        // SAFETY: `i < len`, inside the allocation; each slot written once.
+        unsafe { base.add(i).write(AtomicPtr::new(ptr::null_mut())) };
     }
+    base.map_addr(|a| a | len.trailing_zeros() as usize)
 }
 
-/// The allocation's base, its slots and its length, from a head word.
-#[inline(always)]
-fn decode<K, V>(word: *mut Slot<K, V>) -> (*mut AtomicU8, *mut Slot<K, V>, usize) {
-    let len = 1usize << (word.addr() & (TABLE_ALIGN - 1));
-    let slots = word.map_addr(|a| a & !(TABLE_ALIGN - 1));
-    let base = slots
-        .cast::<u8>()
-        .wrapping_sub(tags_span(len))
-        .cast::<AtomicU8>();
-    (base, slots, len)
-}
-
-/// The table a head word points to (`None`: no table).
+/// The slots a head word points to (`None`: no table).
 ///
 /// # Safety
 /// `word` is null or came from [`new_table`], and that table is not freed
 /// during `'a`.
 #[inline(always)]
-unsafe fn table<'a, K, V>(word: *mut Slot<K, V>) -> Option<Table<'a, K, V>> {
+unsafe fn table<'a, K, V>(word: *mut Slot<K, V>) -> Option<&'a Table<K, V>> {
     if word.is_null() {
         return None;
     }
-    let (tags, slots, len) = decode(word);
-    // SAFETY: `new_table` initialised `len` tags at `tags` and `len` slots
-    // at `slots`; the caller keeps them alive.
-    unsafe {
-        Some(Table {
-            tags: std::slice::from_raw_parts(tags, len),
-            slots: std::slice::from_raw_parts(slots, len),
-        })
-    }
+    let len = 1 << (word.addr() & (TABLE_ALIGN - 1));
+    let base = word.map_addr(|a| a & !(TABLE_ALIGN - 1));
+    // SAFETY: `new_table` initialised `len` slots at `base`; the caller
+    // keeps them alive.
+    Some(unsafe { std::slice::from_raw_parts(base, len) })
 }
 
 /// Frees a table (not its nodes).
@@ -177,13 +114,13 @@ unsafe fn table<'a, K, V>(word: *mut Slot<K, V>) -> Option<Table<'a, K, V>> {
 /// `word` came from [`new_table`], is not null, and no one uses the table
 /// again.
 unsafe fn free_table<K, V>(word: *mut Slot<K, V>) {
-    let (tags, slots, len) = decode(word);
-    // SAFETY: `len` initialised tags and slots, allocated at `tags` with
-    // this layout (the caller's contract).
+    // SAFETY: the caller's contract.
+    let len = unsafe { table(word) }.expect("not null").len();
+    let base = word.map_addr(|a| a & !(TABLE_ALIGN - 1));
+    // SAFETY: `len` initialised slots at `base`, allocated with this layout.
     unsafe {
-        ptr::drop_in_place(ptr::slice_from_raw_parts_mut(tags, len));
-        ptr::drop_in_place(ptr::slice_from_raw_parts_mut(slots, len));
-        alloc::dealloc(tags.cast(), table_layout::<K, V>(len));
+        ptr::drop_in_place(ptr::slice_from_raw_parts_mut(base, len));
+        alloc::dealloc(base.cast(), table_layout::<K, V>(len));
     }
 }
 
@@ -248,48 +185,41 @@ pub(crate) type Head<K, V> = AtomicPtr<Slot<K, V>>;
 /// Probes `table` for a node of `hash` that `accept` takes, slot by slot
 /// from the home slot (linear probing), up to the first empty slot.
 /// Returns the node's slot and node, or that empty slot; `on_tomb` sees each
-/// tombstone passed, in order. Only the dense tag bytes are read until a
-/// tag matches; then the slot word's 16-bit tag filters again before the
-/// node is dereferenced.
+/// tombstone passed, in order. Slot words carry tags, so only nodes whose
+/// tag matches are dereferenced.
 ///
 /// Invariant (kept by every insert and rebuild, which fill the first free
 /// slot of this order): no empty slot lies between a key's home slot and
 /// its node; removal leaves a tombstone, not an empty slot.
 ///
 /// # Safety
-/// Every node the table points to stays valid for `'a` (the caller is
-/// pinned, or holds the shard's lock).
+/// Every node the table points to stays valid as long as the table borrow
+/// (the caller is pinned, or holds the shard's lock).
 #[inline(always)]
-unsafe fn probe<'a, K, V>(
-    table: Table<'a, K, V>,
+unsafe fn probe<K, V>(
+    table: &Table<K, V>,
     hash: u64,
     order: Ordering,
     mut accept: impl FnMut(&K) -> bool,
     mut on_tomb: impl FnMut(usize),
-) -> Result<(usize, &'a Node<K, V>), usize> {
-    let (mask, low) = (table.slots.len() - 1, hash as u32);
-    let (want, want_word) = (tag8(low), tag(hash));
+) -> Result<(usize, &Node<K, V>), usize> {
+    let (mask, want, low) = (table.len() - 1, tag(hash), hash as u32);
     let mut i = low as usize & mask;
     // A table always has an empty slot (load ≤ 3/4), so this ends.
     loop {
-        match table.tags[i].load(order) {
-            EMPTY => return Err(i),
-            TOMB => on_tomb(i),
-            t if t == want => {
-                // A writer stores the slot before the tag, so the slot is at
-                // least as new as the tag (Acquire/Release); it may have been
-                // removed since (a tomb word).
-                let word = table.slots[i].load(order);
-                if word.addr() & !ADDRESS_MASK == want_word && !word.is_null() && word != tomb() {
-                    // SAFETY: a non-null, non-tomb word points to a published
-                    // node, valid for 'a by the caller's contract.
-                    let node = unsafe { &*untagged(word) };
-                    if node.hash == low && accept(&node.key) {
-                        return Ok((i, node));
-                    }
-                }
+        let word = table[i].load(order);
+        if word.is_null() {
+            return Err(i);
+        }
+        if word.addr() & !ADDRESS_MASK == want && (TAGGED || word != tomb()) {
+            // SAFETY: a tagged, non-tomb word points to a published node,
+            // valid as long as `table` by the caller's contract.
+            let node = unsafe { &*untagged(word) };
+            if node.hash == low && accept(&node.key) {
+                return Ok((i, node));
             }
-            _ => {}
+        } else if word == tomb() {
+            on_tomb(i);
         }
         i = (i + 1) & mask;
     }
@@ -325,7 +255,7 @@ pub(crate) fn for_each<'g, K, V>(
     let Some(table) = (unsafe { table(head.load(Ordering::Acquire)) }) else {
         return;
     };
-    for slot in table.slots {
+    for slot in table {
         let slot = slot.load(Ordering::Acquire);
         if !slot.is_null() && slot != tomb() {
             // SAFETY: as in `find`.
@@ -419,11 +349,10 @@ impl<K, V> Writer<K, V> {
 fn retire_all<K, V>(head: Head<K, V>) -> Vec<Retired<K, V>> {
     let word = head.load(Ordering::Relaxed);
     // SAFETY: the caller unlinked this table; it stays valid until retired.
-    let Some(table) = (unsafe { table(word) }) else {
+    let Some(slots) = (unsafe { table(word) }) else {
         return Vec::new();
     };
-    let mut all: Vec<_> = table
-        .slots
+    let mut all: Vec<_> = slots
         .iter()
         .map(|slot| slot.load(Ordering::Relaxed))
         .filter(|slot| !slot.is_null() && *slot != tomb())
@@ -445,7 +374,7 @@ pub(crate) struct Locked<'a, K, V> {
 }
 
 impl<K, V> Locked<'_, K, V> {
-    fn table(&self) -> Option<Table<'_, K, V>> {
+    fn table(&self) -> Option<&Table<K, V>> {
         // SAFETY: only writers, which hold this lock, replace or retire the
         // table, and a retired table is not freed while we hold the lock
         // (collection happens in `finish`, after which `self` is gone).
@@ -455,7 +384,7 @@ impl<K, V> Locked<'_, K, V> {
     /// The current table's slot count.
     #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
-        self.table().map_or(0, |t| t.slots.len())
+        self.table().map_or(0, |t| t.len())
     }
 
     #[cfg(feature = "serde")]
@@ -483,7 +412,7 @@ impl<K, V> Locked<'_, K, V> {
     /// The node at a slot from [`Self::lookup`].
     pub(crate) fn node(&self, index: usize) -> &Node<K, V> {
         let table = self.table().expect("a slot implies a table");
-        let slot = table.slots[index].load(Ordering::Relaxed);
+        let slot = table[index].load(Ordering::Relaxed);
         debug_assert!(!slot.is_null() && slot != tomb(), "a slot from lookup");
         // SAFETY: a live slot's node is freed only after it is unlinked,
         // retired and collected, none of which happens while we hold `&self`.
@@ -494,7 +423,7 @@ impl<K, V> Locked<'_, K, V> {
     /// to the shard since.
     pub(crate) fn insert_vacant(&mut self, vacant: Vacant, hash: u64, key: K, value: V) {
         let node = new_node(hash as u32, tag(hash), key, value);
-        let slots = self.table().map_or(0, |t| t.slots.len());
+        let slots = self.table().map_or(0, |t| t.len());
         let fits = (self.state.live + self.state.tombs + 1) * 4 <= slots * 3;
         let reuses_tomb = vacant.0.is_some_and(|i| self.is_tomb(i));
         match vacant.0 {
@@ -502,7 +431,7 @@ impl<K, V> Locked<'_, K, V> {
                 if reuses_tomb {
                     self.state.tombs -= 1;
                 }
-                fill(self.table().expect("a slot implies a table"), i, node);
+                self.table().expect("a slot implies a table")[i].store(node, Ordering::Release);
             }
             _ => {
                 // Room for a third more than `live` (tombstones are dropped),
@@ -510,7 +439,7 @@ impl<K, V> Locked<'_, K, V> {
                 let live = self.state.live + 1;
                 self.rebuild(slots_for(live + live / 3).max(self.state.min_slots));
                 let table = self.table().expect("just built");
-                fill(table, free_slot(table, hash), node);
+                table[free_slot(table, hash)].store(node, Ordering::Release);
             }
         }
         self.set_live(self.state.live + 1);
@@ -518,15 +447,14 @@ impl<K, V> Locked<'_, K, V> {
 
     fn is_tomb(&self, index: usize) -> bool {
         self.table()
-            .is_some_and(|t| t.slots[index].load(Ordering::Relaxed) == tomb())
+            .is_some_and(|t| t[index].load(Ordering::Relaxed) == tomb())
     }
 
     /// Publishes a new node for the key at `index` (`key` must equal it) and
     /// retires the old one, which stays readable (through the returned
     /// reference) until this guard is finished.
     pub(crate) fn replace(&mut self, index: usize, key: K, value: V) -> &Node<K, V> {
-        let old =
-            self.table().expect("a slot implies a table").slots[index].load(Ordering::Relaxed);
+        let old = self.table().expect("a slot implies a table")[index].load(Ordering::Relaxed);
         // SAFETY: a live node, as in `node`.
         let low = unsafe { (*untagged(old)).hash };
         let node = new_node(low, old.addr() & !ADDRESS_MASK, key, value);
@@ -544,11 +472,8 @@ impl<K, V> Locked<'_, K, V> {
 
     fn unlink(&mut self, index: usize, with: *mut Node<K, V>) -> &Node<K, V> {
         let table = self.table().expect("a slot implies a table");
-        let old = table.slots[index].load(Ordering::Relaxed);
-        table.slots[index].store(with, Ordering::Release);
-        if with == tomb() {
-            table.tags[index].store(TOMB, Ordering::Release);
-        }
+        let old = table[index].load(Ordering::Relaxed);
+        table[index].store(with, Ordering::Release);
         let old = NonNull::new(untagged(old)).expect("a slot from lookup");
         self.retire(Retired::Node(old));
         // SAFETY: retired, so freed only by a later `collect` in `finish`.
@@ -560,9 +485,9 @@ impl<K, V> Locked<'_, K, V> {
         let Some(table) = self.table() else {
             return Vec::new();
         };
-        (0..table.slots.len())
+        (0..table.len())
             .filter(|&i| {
-                let slot = table.slots[i].load(Ordering::Relaxed);
+                let slot = table[i].load(Ordering::Relaxed);
                 !slot.is_null() && slot != tomb()
             })
             .collect()
@@ -571,7 +496,7 @@ impl<K, V> Locked<'_, K, V> {
     /// Shrinks a shard that fell below a quarter full, to half full, never
     /// below its minimum; rebuilds one whose tombstones crowd it.
     pub(crate) fn tidy(&mut self) {
-        let slots = self.table().map_or(0, |t| t.slots.len());
+        let slots = self.table().map_or(0, |t| t.len());
         let live = self.state.live;
         if slots > self.state.min_slots.max(64) && live * 4 < slots / 4 * 3 {
             self.rebuild(slots_for(live * 2).max(self.state.min_slots));
@@ -597,10 +522,10 @@ impl<K, V> Locked<'_, K, V> {
         // SAFETY: not yet published: only this thread can see it.
         if let Some(new) = unsafe { table(fresh) } {
             for i in self.occupied() {
-                let slot = self.table().expect("occupied").slots[i].load(Ordering::Relaxed);
+                let slot = self.table().expect("occupied")[i].load(Ordering::Relaxed);
                 // SAFETY: a live node, as in `node`.
                 let hash = unsafe { (*untagged(slot)).hash };
-                fill(new, free_slot(new, u64::from(hash)), slot);
+                new[free_slot(new, u64::from(hash))].store(slot, Ordering::Relaxed);
             }
         }
         let old = self.head.swap(fresh, Ordering::AcqRel);
@@ -654,22 +579,12 @@ impl<K, V> Locked<'_, K, V> {
 
 /// The first empty slot of `hash`'s probe, in a table being built (no
 /// tombstones, and no node of the same key).
-fn free_slot<K, V>(table: Table<'_, K, V>, hash: u64) -> usize {
+fn free_slot<K, V>(table: &Table<K, V>, hash: u64) -> usize {
     // SAFETY: the caller holds the shard's lock; `accept` takes no node.
     match unsafe { probe(table, hash, Ordering::Relaxed, |_| false, |_| {}) } {
         Ok(_) => unreachable!("accept takes nothing"),
         Err(empty) => empty,
     }
-}
-
-/// Publishes the (tagged) node `word` at empty or tombstoned slot `i`: the
-/// slot first, then its tag, both Release, so a reader that sees the tag
-/// (Acquire) sees the node whole.
-fn fill<K, V>(table: Table<'_, K, V>, i: usize, word: *mut Node<K, V>) {
-    // SAFETY: a node just made or moved by the caller, which holds the lock.
-    let low = unsafe { (*untagged(word)).hash };
-    table.slots[i].store(word, Ordering::Release);
-    table.tags[i].store(tag8(low), Ordering::Release);
 }
 
 /// A new node for a key whose hash has low bits `low` and tag bits `tag`,
