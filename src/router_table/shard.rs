@@ -156,6 +156,16 @@ fn untagged<K, V>(slot: *mut Node<K, V>) -> *mut Node<K, V> {
     slot.map_addr(|a| a & ADDRESS_MASK)
 }
 
+/// The node a slot word points to, unless the slot is empty or a tombstone.
+#[inline]
+fn live<K, V>(word: *mut Node<K, V>) -> Option<NonNull<Node<K, V>>> {
+    if word == tomb() {
+        None
+    } else {
+        NonNull::new(untagged(word))
+    }
+}
+
 /// The smallest table (small under loom, so that models reach a rebuild).
 const MIN_SLOTS: usize = if cfg!(loom) { 4 } else { 8 };
 
@@ -255,12 +265,12 @@ pub(crate) fn for_each<'g, K, V>(
     let Some(table) = (unsafe { table(head.load(Ordering::Acquire)) }) else {
         return;
     };
-    for slot in table {
-        let slot = slot.load(Ordering::Acquire);
-        if !slot.is_null() && slot != tomb() {
-            // SAFETY: as in `find`.
-            f(unsafe { &*untagged(slot) });
-        }
+    for node in table
+        .iter()
+        .filter_map(|slot| live(slot.load(Ordering::Acquire)))
+    {
+        // SAFETY: as in `find`.
+        f(unsafe { node.as_ref() });
     }
 }
 
@@ -354,9 +364,8 @@ fn retire_all<K, V>(head: Head<K, V>) -> Vec<Retired<K, V>> {
     };
     let mut all: Vec<_> = slots
         .iter()
-        .map(|slot| slot.load(Ordering::Relaxed))
-        .filter(|slot| !slot.is_null() && *slot != tomb())
-        .map(|slot| Retired::Node(NonNull::new(untagged(slot)).expect("a node")))
+        .filter_map(|slot| live(slot.load(Ordering::Relaxed)))
+        .map(Retired::Node)
         .collect();
     all.push(Retired::Table(NonNull::new(word).expect("not null")));
     all
@@ -412,11 +421,10 @@ impl<K, V> Locked<'_, K, V> {
     /// The node at a slot from [`Self::lookup`].
     pub(crate) fn node(&self, index: usize) -> &Node<K, V> {
         let table = self.table().expect("a slot implies a table");
-        let slot = table[index].load(Ordering::Relaxed);
-        debug_assert!(!slot.is_null() && slot != tomb(), "a slot from lookup");
+        let node = live(table[index].load(Ordering::Relaxed)).expect("a slot from lookup");
         // SAFETY: a live slot's node is freed only after it is unlinked,
         // retired and collected, none of which happens while we hold `&self`.
-        unsafe { &*untagged(slot) }
+        unsafe { node.as_ref() }
     }
 
     /// Inserts a key that [`Self::lookup`] just found absent, with no change
@@ -486,10 +494,7 @@ impl<K, V> Locked<'_, K, V> {
             return Vec::new();
         };
         (0..table.len())
-            .filter(|&i| {
-                let slot = table[i].load(Ordering::Relaxed);
-                !slot.is_null() && slot != tomb()
-            })
+            .filter(|&i| live(table[i].load(Ordering::Relaxed)).is_some())
             .collect()
     }
 
