@@ -127,6 +127,21 @@ impl Collector {
     }
 }
 
+/// The cheap side of an asymmetric Dekker pair: a compiler fence when the
+/// other side runs [`heavy_barrier`] through membarrier, else
+/// `fence(SeqCst)`. Of a thread that stores then light-barriers then loads,
+/// and one that stores then heavy-barriers then loads, at least one load
+/// sees the other thread's store. Also used by `PathLock` releases.
+#[inline(always)]
+pub(crate) fn light_barrier() {
+    collector().light_barrier();
+}
+
+/// The expensive side (microseconds with membarrier): see [`light_barrier`].
+pub(crate) fn heavy_barrier() {
+    collector().heavy_barrier();
+}
+
 /// Keeps everything retired before [`pin`] alive until it is dropped. Not
 /// `Send`: it clears its own thread's row.
 #[must_use]

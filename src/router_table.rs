@@ -389,6 +389,20 @@ where
         self.find_with(key, |_| ()).is_some()
     }
 
+    /// The value at `key`, valid while `guard` pins this thread. For callers
+    /// inside the crate whose keys run no user code (`Hash` and `Eq` of byte
+    /// strings), so no reentrancy scope is needed.
+    #[inline]
+    pub(crate) fn get_pinned<'g, Q>(&'g self, key: &Q, guard: &'g epoch::Guard) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let head = &self.heads[self.shard_of(hash)];
+        shard::find(head, guard, hash, |k| k.borrow() == key).map(|node| &node.value)
+    }
+
     /// Calls `f` on the value at `key`, pinned.
     #[inline]
     fn find_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>

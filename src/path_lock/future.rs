@@ -8,13 +8,13 @@ use std::task::{Context, Poll};
 
 use super::lock_set::Plan;
 use super::queue::{Status, Waiter};
-use super::{take_granted, Attempt, Held, LockError, PathLock};
+use super::{Attempt, Held, LockError, PathLock};
 
 /// A future for one request; withdraws it if dropped before completion.
 pub(crate) struct LockFuture<L: Deref<Target = PathLock>> {
     pub(crate) lock: L,
     plan: Option<Plan>,
-    /// The id once queued.
+    /// The queue sequence number once queued.
     queued: Option<u64>,
 }
 
@@ -35,7 +35,7 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
         let this = &mut *self;
         if let Some(id) = this.queued {
             let mut queue = this.lock.lock_queue();
-            if let Some(held) = take_granted(&mut queue, id) {
+            if let Some(held) = this.lock.take_granted(&mut queue, id) {
                 drop(queue);
                 this.queued = None;
                 return Poll::Ready(Ok(held));
@@ -58,14 +58,13 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
         if plan.is_empty() {
             return Poll::Ready(Err(LockError::EmptySet));
         }
-        match this.lock.attempt(plan, true, Some(cx.waker())) {
+        match this.lock.attempt(plan, Some(cx.waker())) {
             Attempt::Held(held) => Poll::Ready(Ok(held)),
             Attempt::Queued(id, queue) => {
                 drop(queue);
                 this.queued = Some(id);
                 Poll::Pending
             }
-            Attempt::WouldBlock => unreachable!("futures queue"),
         }
     }
 }

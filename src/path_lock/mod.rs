@@ -6,8 +6,7 @@
 //! conflict iff some pair of their resources has one path a prefix of (or
 //! equal to) the other and at least one `Write`. **Grant rule:** a request is
 //! granted as soon as it conflicts neither with a held request nor with an
-//! *earlier* waiting one, earlier meaning a smaller id. Ids come from one
-//! counter, so they are strictly increasing in request order.
+//! *earlier* waiting one (see "Order" below for what earlier means).
 //!
 //! # The lock tree
 //!
@@ -16,86 +15,124 @@
 //! node twice takes the join (S ⊔ IX = SIX). Requests conflict exactly when,
 //! on some node, their modes are incompatible. A node ([`node`]) has:
 //!
-//! | where                         | what                                                |
-//! |-------------------------------|-----------------------------------------------------|
-//! | `shared: AtomicU64`, bits 0..20 | count of S holders (SIX counts here and in IX)     |
-//! | bit 20                        | X held                                              |
-//! | bits 21..25                   | waiting flags: some queued request wants IS/IX/S/X  |
-//! | `rows[t]: [AtomicU64; 2]`     | IS and IX counts added by thread row `t` (wrapping)  |
+//! | where                           | what                                               |
+//! |---------------------------------|----------------------------------------------------|
+//! | `word: AtomicU64`, bits 0..20   | count of S holders (SIX counts here and in IX)     |
+//! | bit 20                          | X held                                             |
+//! | bits 21..25                     | waiting flags: some queued request wants IS/IX/S/X |
+//! | bit 25                          | `DEAD`: a sweep is unlinking this idle node        |
+//! | `stamp: AtomicU64`              | largest fencing id of a released S or X holder     |
+//! | `rows[t]`                       | thread row `t`'s IS and IX counts (wrapping), and the largest id released through the row |
+//! | `parent`, `children`            | the node one segment up (an `Arc`), and how many nodes name this one as parent |
 //!
-//! The weak modes IS and IX are what every request takes on every ancestor,
-//! so they are counted per thread row (one padded line each) on the nodes
-//! within [`node::DISTRIBUTED_DEPTH`] of the root; deeper nodes have one row.
-//! A weak acquire stores to its own row, fences, and checks the shared word
-//! (X held, S held for IX, and conflicting waiting flags); a strong acquire
-//! CASes the shared word, fences, and sums the rows. Of two fences one is
-//! first in the SeqCst order, so of two conflicting acquirers one sees the
-//! other and backs out (as in [`crate::raw_rwlock`]).
+//! Nodes within [`node::DISTRIBUTED_DEPTH`] of the root have a row per
+//! thread; deeper ones one row, updated with RMWs. The root's rows also hold
+//! each thread's last fencing id and held-request count, so a request
+//! writes no line another thread writes unless it conflicts with it.
 //!
-//! A node exists in the tree's table while it is held, waited on or idle in
-//! the bounded idle cache (swept when a creation finds 8192 nodes, or twice
-//! as many as the last sweep left, whichever is more); the root is a field.
-//! Sweeps run under the table's shard write locks, and every acquire and
-//! release of a node runs under its shard read lock, so a node is only
-//! removed when idle and never while a release that made it idle still
-//! touches it.
+//! **The index.** Nodes live in a [`RouterTable`] keyed by the whole path
+//! (each segment written `len:segment`), whose lookups take no lock and no
+//! fence (its epoch read path). A request looks up only the *deepest* node
+//! of each resource and reaches the ancestors through `parent` links, so a
+//! depth-3 path costs one hash and one probe. A missing node is created
+//! with its missing ancestors under the sweep guard's read lock.
+//!
+//! **Node lifetime.** A node stays in the table while it is held, waited on,
+//! or has children; idle childless nodes are unlinked by a *sweep* (run by
+//! a creation that finds 8192 nodes, or twice what the last sweep left),
+//! which holds the sweep guard's write lock: it marks a node `DEAD` with a
+//! CAS from 0 (nothing held, no flags), fences, sums the rows and either
+//! unlinks it or clears the mark. Unlinked nodes go to the table's epoch
+//! bin. Every fast-path acquire and every release runs pinned, so a node it
+//! found, or had just released, stays allocated until it unpins; a guard
+//! keeps raw pointers to its nodes, which its own counts keep linked, so a
+//! release does no lookup. A request that finds `DEAD` on any node backs
+//! out and resolves its path again.
 //!
 //! # Transitions
 //!
-//! * **Fast path (no global lock).** For each node of the request in order,
-//!   take its mode (above) unless a conflicting mode is *held or flagged
-//!   waiting*.
-//!   On failure, undo and take the slow path (or fail a `try_lock`). When all
-//!   nodes are in, take the id (`fetch_add`), then re-read every node's
-//!   flags. A conflicting flag means a waiter appeared meanwhile: under the
-//!   mutex, if a waiter with a smaller id conflicts, back out and queue with
-//!   the id already taken; otherwise the request stands.
-//! * **Slow path (the mutex).** Count the request in per node and mode, set
-//!   the flags that became non-zero, *then* take the id (unless it has one),
-//!   insert it into the queue and run a grant pass.
-//! * **Grant pass (the mutex).** In id order, a waiter that conflicts with no
-//!   earlier still-waiting one is granted if every node admits its mode
-//!   against the *held* counts (CAS, rolled back if one refuses): its counts
-//!   move from flags to held, it is marked granted and woken.
-//! * **Release.** Take each node's counts back out, fence, and read its
-//!   flags. If any node had a flag set, run a grant pass, so whatever became
-//!   grantable is granted inside the release (hand-off: a newcomer then sees
-//!   it held and cannot barge in).
+//! * **Fast path** (pinned, no lock): resolve the nodes; *take* each mode (a
+//!   CAS of the word for S and X, refused at once if a conflicting mode is
+//!   held, conflicting flags are set, or `DEAD`; a row store for IS and IX);
+//!   **one `fence(SeqCst)`**; then *check* every node: the word for held
+//!   conflicting strong modes, conflicting flags and `DEAD`, and, where the
+//!   request takes S or X, the rows' sums. If all pass the request holds;
+//!   otherwise it puts everything back, and on a conflict takes the slow
+//!   path (or fails a `try_lock`), on `DEAD` starts over.
+//! * **Slow path** (the queue mutex): resolve the nodes, count the request in
+//!   per node and mode, and set the flags that became non-zero (under the
+//!   sweep guard's read lock, so no node is unlinked meanwhile; flags then
+//!   keep them linked); append the request with the next *queue sequence*
+//!   number and run a grant pass.
+//! * **Grant pass** (the mutex): in sequence order, a waiter that conflicts
+//!   with no earlier still-waiting one is granted if its modes can be taken
+//!   against what is *held* (take, fence, check, as above, ignoring flags):
+//!   its counts move from flags to held, and it is marked granted and woken.
+//! * **Release** (pinned): for each node publish the fencing id (the row's
+//!   stamp for IS/IX, the word's stamp for S/X), take the counts out; **one
+//!   fence**; read every word's flags. If any is set, run a grant pass, so
+//!   what became grantable is granted inside the release (hand-off: a
+//!   newcomer then sees it held and cannot barge in).
 //! * **Cancellation** (failed `try_lock`, timeout, dropped future): under the
 //!   mutex, remove the waiter and its flags (or release it if it was granted
 //!   meanwhile), then run a grant pass for whatever waited only behind it.
 //!
-//! # Why FIFO and hand-off hold (orderings)
+//! # Why one fence per request is enough (orderings)
 //!
-//! Every node access, the flag re-read and the id `fetch_add` are SeqCst
-//! (and each acquire fences after its own update), so all of them fall in
-//! one total order S. Let N be a fast-path request and W a waiter that
-//! conflict; they meet at some node c with incompatible modes.
-//! * If W's flag on c precedes N's check of c, N sees it: N queues.
-//! * Otherwise N's count on c precedes W's flag. If W's id is smaller, then
-//!   W's flag precedes W's id precedes N's id precedes N's re-read of c, so
-//!   the re-read sees the flag and N backs out behind W. If N's id is
-//!   smaller, then N's count precedes W's id precedes W's grant check, which
-//!   sees N's count: W waits for N, which is earlier. Either way no request
-//!   passes an earlier conflicting one.
+//! All node accesses that matter are SeqCst, or Release row stores followed
+//! by the request's `fence(SeqCst)`. Two conflicting requests meet at some
+//! node with incompatible modes; at least one of them writes the word
+//! there (S or X). If both do, the word's CAS serializes them and the
+//! second refuses. Otherwise one stores its row, the other CASes the word,
+//! each then fences and reads the other's location: of two SeqCst fences one
+//! is first, so the later request's read sees the earlier one's write and
+//! it backs out. Batching all takes before the one fence changes nothing in
+//! this argument: each take is still sequenced before the fence, and each
+//! check after it. The same pair protects hand-off (a waiter's flag RMW and
+//! its grant's fence vs a release's count store, fence and flag load) and
+//! sweeps (the `DEAD` CAS and the sweep's fence vs an acquirer's row store,
+//! fence and word load).
 //!
-//! For hand-off, a waiter sets its flags before its grant check, and a
-//! release takes its counts out, fences, then reads the flags: of the two,
-//! one comes first, so either the waiter's check sees the counts gone or the
-//! release sees the flag and runs a grant pass. The transient counts of a
-//! fast-path attempt that backs out can make another attempt fail or wait
-//! for that instant; a backed-out attempt that saw a flag runs a grant pass
-//! too, so no waiter is stranded by one. The SeqCst accesses (which include
-//! Release and Acquire) order the critical sections of conflicting requests.
+//! # Order
+//!
+//! A fast-path request's place in line is its fence; a waiter's is its
+//! flags. If a waiter W set a flag that conflicts with fast-path request N
+//! before N's fence, N's check sees it and N queues behind W. Otherwise N's
+//! fence precedes W's flag, hence W's grant fence, so W's check sees N's
+//! counts and W waits for N, which was first. Waiters are granted in queue
+//! sequence order, each only if no earlier waiter conflicts. No request
+//! passes an earlier conflicting one.
+//!
+//! # Fencing ids
+//!
+//! Ids are unique within a lock, increase for the requests of one thread,
+//! and exceed the id of every conflicting request granted before. No global
+//! counter is involved:
+//! * A request's id is `(floor >> B) + 1 << B | tag`, with `floor` the
+//!   largest stamp its checks read (and its thread's last id), `B` enough
+//!   bits for every tag, and `tag` its root row's index + 1 (0 for grants
+//!   by the queue, which keeps its own last id under the mutex). Owned rows
+//!   store their last id with a plain store; the shared overflow row CASes.
+//! * A conflicting request Q granted earlier released before this one took
+//!   the meeting node (they never hold at once). Q published its id before
+//!   taking its counts out (Release); this request's check read those counts
+//!   gone (SeqCst, so Acquire) and then the stamps: in the word's stamp if Q
+//!   held S or X there, in Q's releasing thread's row if Q held IS or IX, in
+//!   which case this request holds S or X there and reads every row.
+//! * A waiter's id is issued at its grant and is at least the requesting
+//!   thread's last id when it queued; the thread raises its own last id to a
+//!   granted request's id when it picks it up.
 //!
 //! # Model checking
 //!
 //! `loom-tests/tests/path_lock.rs`: reader vs writer on parent/child, two
 //! writers on siblings, a pending writer vs a new reader (FIFO), cancellation
-//! racing a release, and hand-off to a waiting set.
+//! racing a release, hand-off to a waiting set, and a sweep unlinking a node
+//! while another thread takes the same path again.
 
 mod future;
 mod guard;
+mod inline_vec;
 mod lock_set;
 mod node;
 mod queue;
@@ -106,17 +143,18 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
-
 pub use guard::{OwnedPathGuard, PathGuard};
 pub use lock_set::LockSet;
 pub use node::Mode;
 
-use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
+use crate::epoch;
+use crate::sync::{fence, yield_now, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
+use crate::thread_index;
 use crate::{RouterTable, ShardedRwLock};
 use future::LockFuture;
-use lock_set::{depth, Plan};
-use node::{Node, NodeMode, MAX_SHARED_HOLDERS};
+use inline_vec::InlineVec;
+use lock_set::{segment_ends, Plan, INLINE_NODES};
+use node::{Node, NodeMode, Refusal, MAX_SHARED_HOLDERS};
 use queue::{Queue, QueueGuard, Status, Waiter};
 
 /// Nodes (idle ones included) the tree may have before a sweep removes the
@@ -167,10 +205,8 @@ pub struct PathLockStats {
     pub nodes: usize,
 }
 
-/// A pointer to a node that stays valid while its owner holds or waits on
-/// it (the node is then not idle, so no sweep removes it), or to the root,
-/// which lives as long as the lock. Releases do not go through it: a release
-/// may be what makes the node idle (see `PathLock::release_nodes`).
+/// A pointer to a node: the root, one its owner holds or waits on (then the
+/// node is in use, so no sweep unlinks it), or one found while pinned.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NodePtr(NonNull<Node>);
 
@@ -185,29 +221,76 @@ impl NodePtr {
         NodePtr(NonNull::from(node))
     }
 
+    /// The node's address, which identifies it while it is in use.
+    pub(crate) fn addr(&self) -> usize {
+        self.0.as_ptr().addr()
+    }
+
     /// # Safety
-    /// The node must be the root of a live lock, or one this request holds or
-    /// waits on (its counts or flags are in the node's state).
-    pub(crate) unsafe fn get(&self) -> &Node {
-        // SAFETY: per the contract, the node has not been swept or freed.
+    /// For as long as the caller uses the reference, the node must be the
+    /// root of a live lock; or one whose counts or flags its owner holds (a
+    /// node in use is not unlinked); or one found, or in use, since the
+    /// caller's current pin began (an unlinked node is freed only after every
+    /// pin older than its unlinking ends).
+    pub(crate) unsafe fn get<'a>(self) -> &'a Node {
+        // SAFETY: per the contract, the node has not been freed.
         unsafe { self.0.as_ref() }
     }
 }
 
-/// A granted request: its id and the node modes it holds.
+/// A node and a request's mode on it, in one word: nodes are aligned to at
+/// least 16 bytes, so the mode's four bits fit in the address's low bits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Taken(NonNull<Node>);
+
+const MODE_BITS: usize = 0b1111;
+const _: () = assert!(std::mem::align_of::<Node>() > MODE_BITS);
+
+impl Taken {
+    #[inline]
+    fn new(node: NodePtr, mode: NodeMode) -> Self {
+        Taken(node.0.map_addr(|addr| addr | usize::from(mode.bits())))
+    }
+
+    #[inline]
+    pub(crate) fn node(self) -> NodePtr {
+        let untagged = self.0.as_ptr().map_addr(|addr| addr & !MODE_BITS);
+        NodePtr(NonNull::new(untagged).expect("a node's address is not below 16"))
+    }
+
+    #[inline]
+    pub(crate) fn mode(self) -> NodeMode {
+        NodeMode::from_bits(self.0.addr().get() & MODE_BITS)
+    }
+}
+
+impl Default for Taken {
+    /// A placeholder, never dereferenced: [`PathLock::resolve`] overwrites it.
+    fn default() -> Self {
+        Taken(NonNull::dangling())
+    }
+}
+
+// SAFETY: as for `NodePtr`.
+unsafe impl Send for Taken {}
+// SAFETY: as for `NodePtr`.
+unsafe impl Sync for Taken {}
+
+/// The nodes of a request with its mode on each, inline up to a depth-8 path.
+pub(crate) type Nodes = InlineVec<Taken, INLINE_NODES>;
+
+/// A granted request: its fencing id and the node modes it holds.
+#[derive(Default)]
 pub(crate) struct Held {
     id: u64,
-    /// Kept for the node keys: releases look nodes up again (see `release_nodes`).
-    plan: Plan,
-    nodes: Vec<(NodePtr, NodeMode)>,
+    nodes: Nodes,
 }
 
 /// What one attempt to take a request came to.
 pub(crate) enum Attempt<'q> {
     Held(Held),
-    /// Queued with this id; the queue's guard is still held.
+    /// Queued with this sequence number; the queue's guard is still held.
     Queued(u64, QueueGuard<'q>),
-    WouldBlock,
 }
 
 /// Hierarchical read/write locks on paths, with atomic lock sets, exact FIFO
@@ -261,16 +344,17 @@ pub(crate) enum Attempt<'q> {
 /// assert!(lock.try_read(["reg"]).is_some());
 /// ```
 pub struct PathLock {
-    root: CachePadded<Node>,
-    nodes: RouterTable<Box<str>, Arc<Node>>,
-    /// Excludes sweeps (write) from acquires and releases on nodes (read).
-    /// `RouterTable` reads take no lock, so its shard locks cannot.
+    root: Arc<Node>,
+    nodes: RouterTable<Box<[u8]>, Arc<Node>>,
+    /// Read by creations and by waiters setting flags, written by sweeps, so
+    /// a sweep sees exact child counts and never unlinks a node being
+    /// flagged. The fast path and releases never touch it.
     sweep_guard: ShardedRwLock<()>,
-    next_id: CachePadded<AtomicU64>,
     queue: Mutex<Queue>,
     /// Wakes blocking waiters after a grant pass granted one.
     granted: Condvar,
-    held: HeldCount,
+    /// Bits of a fencing id that hold its tag (see "Fencing ids").
+    tag_bits: u32,
     /// Nodes in `nodes` (live and idle); changes only on creation and sweep.
     node_count: AtomicUsize,
     /// The node count at which the next creation sweeps first.
@@ -296,8 +380,11 @@ impl fmt::Debug for PathLock {
 impl PathLock {
     /// An empty lock tree.
     pub fn new() -> Self {
+        let root = Arc::new(Node::new(true, None));
+        // Tags 0 (the queue) ..= the root's row count (the overflow row).
+        let tag_bits = (root.row_count() + 1).next_power_of_two().trailing_zeros();
         PathLock {
-            root: CachePadded::new(Node::default()),
+            root,
             // loom replays schedules, so under loom the hash must not vary.
             nodes: RouterTable::with_hasher(if cfg!(loom) {
                 ahash::RandomState::with_seeds(1, 2, 3, 4)
@@ -305,10 +392,9 @@ impl PathLock {
                 ahash::RandomState::new()
             }),
             sweep_guard: ShardedRwLock::new(()),
-            next_id: CachePadded::new(AtomicU64::new(1)),
             queue: Mutex::new(Queue::default()),
             granted: Condvar::new(),
-            held: HeldCount::new(),
+            tag_bits,
             node_count: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(IDLE_NODES),
             wide_nodes: AtomicUsize::new(0),
@@ -330,7 +416,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Option<PathGuard<'_>> {
-        self.try_plan(Plan::single(Mode::Read, path)).ok()
+        self.try_plan(&Plan::single(Mode::Read, path)).ok()
     }
 
     /// Locks `path` for writing if that can be granted at once.
@@ -338,7 +424,7 @@ impl PathLock {
         &self,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Option<PathGuard<'_>> {
-        self.try_plan(Plan::single(Mode::Write, path)).ok()
+        self.try_plan(&Plan::single(Mode::Write, path)).ok()
     }
 
     /// Locks `path` for reading; the request's place in line is fixed when
@@ -363,11 +449,14 @@ impl PathLock {
         mode: Mode,
         path: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> PathGuard<'_> {
-        let held = self.lock_plan(Plan::single(mode, path), None);
-        PathGuard {
-            lock: self,
-            held: held.expect("a one-path request with no deadline is granted"),
+        let plan = Plan::single(mode, path);
+        let mut held = Held::default();
+        if !self.fast_path(&plan, &mut held) {
+            held = self
+                .lock_slow(plan, None)
+                .expect("a one-path request with no deadline is granted");
         }
+        PathGuard { lock: self, held }
     }
 
     fn lock_path_async(
@@ -396,15 +485,18 @@ impl PathLock {
         self.try_plan(set.plan())
     }
 
-    fn try_plan(&self, plan: Plan) -> Result<PathGuard<'_>, LockError> {
+    fn try_plan(&self, plan: &Plan) -> Result<PathGuard<'_>, LockError> {
         if plan.is_empty() {
             return Err(LockError::EmptySet);
         }
-        match self.attempt(plan, false, None) {
-            Attempt::Held(held) => Ok(PathGuard { lock: self, held }),
-            Attempt::Queued(..) => unreachable!("try_lock never queues"),
-            Attempt::WouldBlock => Err(LockError::WouldBlock),
+        let mut held = Held::default();
+        if self.fast_path(plan, &mut held) {
+            return Ok(PathGuard { lock: self, held });
         }
+        // Any transient counts the attempt left are gone: let waiters that
+        // saw them move.
+        self.grant_pass(&mut self.lock_queue());
+        Err(LockError::WouldBlock)
     }
 
     /// Locks `set`, waiting at most `timeout`; on `Timeout` the request is
@@ -425,7 +517,7 @@ impl PathLock {
         &'a self,
         set: &'a LockSet,
     ) -> impl Future<Output = Result<PathGuard<'a>, LockError>> + Send + 'a {
-        let future = LockFuture::new(self, set.plan());
+        let future = LockFuture::new(self, set.plan().clone());
         async move {
             let held = future.await?;
             Ok(PathGuard { lock: self, held })
@@ -447,7 +539,7 @@ impl PathLock {
         self: &Arc<Self>,
         set: LockSet,
     ) -> impl Future<Output = Result<OwnedPathGuard, LockError>> + Send + 'static {
-        let future = LockFuture::new(self.clone(), set.plan());
+        let future = LockFuture::new(self.clone(), set.plan().clone());
         async move {
             let lock = future.lock.clone();
             let held = future.await?;
@@ -462,7 +554,7 @@ impl PathLock {
         self.nodes
             .for_each(|_, node| nodes += usize::from(!node.is_idle()));
         PathLockStats {
-            held: self.held.get(),
+            held: self.root.held_sum() as usize,
             waiting,
             nodes,
         }
@@ -472,17 +564,28 @@ impl PathLock {
         self.lock_plan(set.plan(), deadline)
     }
 
-    fn lock_plan(&self, plan: Plan, deadline: Option<Instant>) -> Result<Held, LockError> {
+    #[inline]
+    fn lock_plan(&self, plan: &Plan, deadline: Option<Instant>) -> Result<Held, LockError> {
         if plan.is_empty() {
             return Err(LockError::EmptySet);
         }
-        let (id, mut queue) = match self.attempt(plan, true, None) {
+        let mut held = Held::default();
+        if self.fast_path(plan, &mut held) {
+            return Ok(held);
+        }
+        self.lock_slow(plan.clone(), deadline)
+    }
+
+    /// Queues `plan` (or takes it, if it became free) and waits for it.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self, plan: Plan, deadline: Option<Instant>) -> Result<Held, LockError> {
+        let (seq, mut queue) = match self.slow_path(plan, None) {
             Attempt::Held(held) => return Ok(held),
-            Attempt::Queued(id, queue) => (id, queue),
-            Attempt::WouldBlock => unreachable!("blocking attempts queue"),
+            Attempt::Queued(seq, queue) => (seq, queue),
         };
         loop {
-            if let Some(held) = take_granted(&mut queue, id) {
+            if let Some(held) = self.take_granted(&mut queue, seq) {
                 return Ok(held);
             }
             let timeout = match deadline {
@@ -490,7 +593,7 @@ impl PathLock {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.cancel(&mut queue, id);
+                        self.cancel(&mut queue, seq);
                         return Err(LockError::Timeout);
                     }
                     Some(left)
@@ -500,189 +603,337 @@ impl PathLock {
         }
     }
 
-    /// The fast path, then (if `enqueue`) the slow path; see the module docs.
-    fn attempt(&self, plan: Plan, enqueue: bool, waker: Option<&std::task::Waker>) -> Attempt<'_> {
-        let mut nodes = Vec::with_capacity(plan.node_count());
-        let mut full = false;
-        for (key, mode) in plan.nodes() {
-            match self.acquire_fast(key, mode) {
-                Ok(Some(node)) => nodes.push((node, mode)),
-                Ok(None) => break,
-                Err(Full) => {
-                    full = true;
-                    break;
-                }
-            }
+    /// The fast path, then the slow path; see the module docs.
+    #[inline]
+    fn attempt(&self, plan: Plan, waker: Option<&std::task::Waker>) -> Attempt<'_> {
+        let mut held = Held::default();
+        if self.fast_path(&plan, &mut held) {
+            return Attempt::Held(held);
         }
-        if nodes.len() < plan.node_count() {
-            if self.release_nodes(&plan, &nodes) {
-                self.grant_pass(&mut self.lock_queue());
-            }
-            if full {
-                panic!("shardlock: {MAX_SHARED_HOLDERS} requests already read one path");
-            }
-            return self.slow_path(plan, None, enqueue, waker);
-        }
-        let id = self.next_id.fetch_add(1, SeqCst);
-        // SAFETY: this request holds every node in `nodes`.
-        let flagged = nodes
-            .iter()
-            .any(|(n, m)| unsafe { n.get() }.waiter_conflicts(*m));
-        if flagged {
-            let queue = self.lock_queue();
-            if queue.earlier_conflict(id, &plan) {
-                self.release_nodes(&plan, &nodes);
-                drop(queue);
-                return self.slow_path(plan, Some(id), enqueue, waker);
-            }
-        }
-        self.held.add(1);
-        Attempt::Held(Held { id, plan, nodes })
+        self.slow_path(plan, waker)
     }
 
-    fn slow_path(
-        &self,
-        plan: Plan,
-        id: Option<u64>,
-        enqueue: bool,
-        waker: Option<&std::task::Waker>,
-    ) -> Attempt<'_> {
+    /// Takes `plan` into `held` (which must be empty) if nothing held or
+    /// waiting conflicts; `false` if something does (and nothing is left
+    /// behind). `held` is filled in place: moving a freshly written node
+    /// list costs store-forwarding stalls.
+    #[inline]
+    fn fast_path(&self, plan: &Plan, held: &mut Held) -> bool {
+        let me = thread_index::current();
+        loop {
+            let pin = epoch::pin();
+            self.resolve(plan, &pin, &mut held.nodes);
+            let refusal = match self.acquire_all(&held.nodes, me, true) {
+                Ok(floor) => {
+                    drop(pin);
+                    held.id = self.issue_id(me, floor);
+                    self.root.row(me).add_held(1);
+                    return true;
+                }
+                Err((refusal, saw_waiters)) => {
+                    drop(pin);
+                    held.nodes.clear();
+                    if saw_waiters {
+                        // Our transient counts may have turned a waiter away.
+                        self.grant_pass(&mut self.lock_queue());
+                    }
+                    refusal
+                }
+            };
+            match refusal {
+                Refusal::Dead => yield_now(), // a sweep is unlinking a node
+                Refusal::Full => {
+                    panic!("shardlock: {MAX_SHARED_HOLDERS} requests already read one path")
+                }
+                Refusal::Conflict => return false,
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slow_path(&self, plan: Plan, waker: Option<&std::task::Waker>) -> Attempt<'_> {
         // Before any state changes: a panicking `Waker::clone` leaves nothing.
         let waker = waker.cloned();
         let mut queue = self.lock_queue();
-        if !enqueue {
-            // A failed try_lock: any transient counts it left are gone; let
-            // waiters that saw them move.
-            self.grant_pass(&mut queue);
-            return Attempt::WouldBlock;
-        }
-        let flags = queue.count_in(&plan);
-        let nodes = plan
-            .nodes()
-            .zip(flags)
-            .map(|((key, mode), flags)| (self.flag_node(key, flags), mode))
-            .collect();
-        // Flags first, then the id: see "Why FIFO holds".
-        let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, SeqCst));
+        let nodes = loop {
+            let pin = epoch::pin();
+            let mut nodes = Nodes::default();
+            self.resolve(&plan, &pin, &mut nodes);
+            // No sweep runs while we hold this, so nodes that are not dead
+            // now stay linked until their flags are set, and after.
+            let _no_sweep = self.sweep_guard.read();
+            if nodes.iter().any(|taken| {
+                // SAFETY: found under the pin, which is still held.
+                unsafe { taken.node().get() }.is_dead()
+            }) {
+                drop(_no_sweep);
+                yield_now();
+                continue;
+            }
+            for (taken, flags) in nodes.iter().zip(queue.count_in(&nodes)) {
+                if flags != 0 {
+                    // SAFETY: as above.
+                    unsafe { taken.node().get() }.set_flags(flags);
+                }
+            }
+            break nodes;
+        };
+        // Pairs with a release's counts, light barrier, flags (and with a
+        // fast path's fence): our grant checks below, and every later one,
+        // see the counts of a holder that did not see our flags.
+        epoch::heavy_barrier();
+        let me = thread_index::current();
+        let floor = self.root.row(me).row.last_id.load(SeqCst);
+        let seq = queue.next_seq();
         queue.waiters.insert(
-            id,
+            seq,
             Waiter {
                 plan,
                 nodes,
+                floor,
                 status: Status::Waiting { waker },
             },
         );
         self.grant_pass(&mut queue);
-        match take_granted(&mut queue, id) {
+        match self.take_granted(&mut queue, seq) {
             Some(held) => Attempt::Held(held),
-            None => Attempt::Queued(id, queue),
+            None => Attempt::Queued(seq, queue),
         }
     }
 
-    /// Takes `mode` on the node at `key` if nothing held or waiting there
-    /// conflicts; `None` if something does, `Full` if its S count is.
-    fn acquire_fast(&self, key: &str, mode: NodeMode) -> Result<Option<NodePtr>, Full> {
-        let (node, outcome) = self.with_node(key, |node| {
-            let outcome = node.try_acquire(mode);
-            (outcome.taken.then(|| NodePtr::new(node)), outcome)
-        });
-        if outcome.saw_waiters {
-            // A failed attempt's transient counts may have turned a waiter
-            // away: let the queue look again.
-            self.grant_pass(&mut self.lock_queue());
+    /// The node of every plan node, in plan order. The deepest node of each
+    /// resource is looked up (or created); its ancestors are reached through
+    /// parent links. The caller must be pinned, and must treat the nodes as
+    /// unchecked: a sweep may be unlinking any of them, which taking and
+    /// checking a mode on it detects (`DEAD`).
+    #[inline]
+    fn resolve(&self, plan: &Plan, pin: &epoch::Guard, nodes: &mut Nodes) {
+        let n = plan.node_count();
+        debug_assert!(plan.key(0).is_empty(), "node 0 is the root");
+        debug_assert_eq!(nodes.len(), 0);
+        let root = NodePtr::new(&self.root);
+        for i in 0..n {
+            nodes.push(Taken::new(root, plan.mode(i)));
         }
-        if outcome.full {
-            return Err(Full);
+        let parent_of = |node: NodePtr| {
+            // SAFETY: found under the caller's pin.
+            let parent = unsafe { node.get() }.parent();
+            NodePtr::new(parent.expect("only the root has no parent"))
+        };
+        if plan.is_chain() {
+            // One lookup, then up the parent links to the root (node 0).
+            let mut node = self.find_or_create(plan.key(n - 1), pin);
+            for i in (1..n).rev() {
+                nodes[i] = Taken::new(node, plan.mode(i));
+                node = parent_of(node);
+            }
+            debug_assert!(
+                n == 1 || node.addr() == root.addr(),
+                "a chain ends at the root"
+            );
+            return;
         }
-        Ok(node)
+        // Children come after their parents, so walking backwards meets each
+        // deepest node before its ancestors.
+        let mut done: InlineVec<bool, 16> = InlineVec::default();
+        for _ in 0..n {
+            done.push(false);
+        }
+        for i in (1..n).rev() {
+            if done[i] {
+                continue;
+            }
+            let (mut node, mut j) = (self.find_or_create(plan.key(i), pin), i);
+            loop {
+                nodes[j] = Taken::new(node, plan.mode(j));
+                done[j] = true;
+                match plan.parent(j) {
+                    Some(p) if p != 0 && !done[p] => {
+                        node = parent_of(node);
+                        j = p;
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 
-    /// Sets `flags` on the node at `key` and returns it. Called with the
-    /// queue locked: with no new flags, another waiter's flags (which only
-    /// change under that lock) keep the node from being swept.
-    fn flag_node(&self, key: &str, flags: u64) -> NodePtr {
-        self.with_node(key, |node| {
-            node.set_flags(flags);
-            NodePtr::new(node)
-        })
-    }
-
-    /// Runs `f` on the node at `key` (the root for `""`), creating the node
-    /// if absent. `f` runs under the node table's shard read lock, so no
-    /// sweep removes the node meanwhile.
-    fn with_node<R>(&self, key: &str, f: impl Fn(&Node) -> R) -> R {
+    /// The node at `key` (the root for the empty key), created with its
+    /// missing ancestors if absent. Pinned: see [`resolve`](Self::resolve).
+    #[inline]
+    fn find_or_create(&self, key: &[u8], pin: &epoch::Guard) -> NodePtr {
         if key.is_empty() {
-            return f(&self.root);
+            return NodePtr::new(&self.root);
         }
         loop {
-            let found = {
-                let _no_sweep = self.sweep_guard.read();
-                self.nodes.get_with(key, |node| f(node))
-            };
-            if let Some(result) = found {
-                return result;
+            if let Some(node) = self.nodes.get_pinned(key, pin) {
+                return NodePtr::new(node);
             }
             self.create_node(key);
         }
     }
 
-    fn create_node(&self, key: &str) {
+    fn create_node(&self, key: &[u8]) {
         // Sweep *before* inserting, so a sweep never removes the node its own
         // creator is about to take; and after a sweep, wait until the tree
         // doubles (or reaches the bound) before the next one, so sweeps stay
         // amortised even when most nodes are held. Both counters are only a
         // heuristic: a race costs an extra or a late sweep, nothing more.
         if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst) {
-            // The sweep guard excludes every acquire and release.
-            let _sweeping = self.sweep_guard.write();
-            self.nodes.retain(|_, node| {
-                let idle = node.is_idle();
-                if idle {
+            self.sweep();
+        }
+        // Under the read lock no sweep runs, so every node in the table is
+        // linked and not dead, and parents gain children safely.
+        let _no_sweep = self.sweep_guard.read();
+        let mut parent = self.root.clone();
+        for (depth, end) in segment_ends(key).enumerate() {
+            parent = self.nodes.get_or_insert_with(key[..end].into(), || {
+                self.node_count.fetch_add(1, SeqCst);
+                let shallow = depth < node::DISTRIBUTED_DEPTH;
+                let wide = shallow && self.wide_nodes.fetch_add(1, SeqCst) < WIDE_NODES;
+                if shallow && !wide {
+                    self.wide_nodes.fetch_sub(1, SeqCst); // over budget: narrow
+                }
+                Arc::new(Node::new(wide, Some(parent.clone())))
+            });
+        }
+    }
+
+    /// Runs `f` on the node at `key`, created if absent.
+    #[cfg(test)]
+    fn with_node<R>(&self, key: &[u8], f: impl FnOnce(&Node) -> R) -> R {
+        let pin = epoch::pin();
+        let node = self.find_or_create(key, &pin);
+        // SAFETY: found under `_pin`.
+        f(unsafe { node.get() })
+    }
+
+    /// Unlinks every idle node without children, deepest first (a pass
+    /// frees the parents the previous one left childless).
+    fn sweep(&self) {
+        let _sweeping = self.sweep_guard.write();
+        loop {
+            let mut idle: Vec<Box<[u8]>> = Vec::new();
+            self.nodes.for_each(|key, node| {
+                if node.is_idle() && !node.has_children() {
+                    idle.push(key.clone());
+                }
+            });
+            let mut unlinked = 0;
+            for key in &idle {
+                if let Some(node) = self.nodes.remove_if(&key[..], |node| node.try_kill()) {
+                    unlinked += 1;
                     self.node_count.fetch_sub(1, SeqCst);
                     if node.is_wide() {
                         self.wide_nodes.fetch_sub(1, SeqCst);
                     }
                 }
-                !idle
-            });
-            let left = self.node_count.load(SeqCst);
-            self.sweep_at.store(IDLE_NODES.max(2 * left), SeqCst);
-        }
-        self.nodes.get_or_insert_with(key.into(), || {
-            self.node_count.fetch_add(1, SeqCst);
-            let shallow = depth(key) <= node::DISTRIBUTED_DEPTH;
-            let wide = shallow && self.wide_nodes.fetch_add(1, SeqCst) < WIDE_NODES;
-            if shallow && !wide {
-                self.wide_nodes.fetch_sub(1, SeqCst); // over budget: narrow
             }
-            Arc::new(Node::new(wide))
-        });
+            if unlinked == 0 {
+                break;
+            }
+        }
+        let left = self.node_count.load(SeqCst);
+        self.sweep_at.store(IDLE_NODES.max(2 * left), SeqCst);
     }
 
-    /// Releases the held modes of `plan`'s first `nodes.len()` nodes; returns
-    /// whether any node had waiters.
+    /// Takes every mode of `nodes` (see the module docs): takes, one fence,
+    /// checks. On success the largest stamp read, which the request's id
+    /// must exceed. On failure everything is put back, and the refusal comes
+    /// with whether a node had waiters (then the caller runs a grant pass).
     ///
-    /// A release can leave a node idle, and a sweep may then free it at once;
-    /// so each node (but the root) is released under its table shard's read
-    /// lock, which sweeps exclude, as acquires are.
-    fn release_nodes(&self, plan: &Plan, nodes: &[(NodePtr, NodeMode)]) -> bool {
-        plan.nodes()
-            .zip(nodes)
-            .fold(false, |waiters, ((key, _), &(_, mode))| {
-                let saw = if key.is_empty() {
-                    self.root.release(mode)
-                } else {
-                    self.nodes
-                        .get_with(key, |node| node.release(mode))
-                        .expect("a held node is not idle, so not swept")
-                };
-                saw | waiters
-            })
+    /// The nodes must stay allocated throughout: the caller is pinned, or
+    /// holds their waiting flags.
+    fn acquire_all(
+        &self,
+        nodes: &[Taken],
+        me: usize,
+        respect_waiters: bool,
+    ) -> Result<u64, (Refusal, bool)> {
+        for (done, taken) in nodes.iter().enumerate() {
+            // SAFETY: per this function's contract.
+            let node = unsafe { taken.node().get() };
+            if let Err(refusal) = node.take(taken.mode(), me, respect_waiters) {
+                return Err((refusal, self.put_back_all(&nodes[..done], me, 0)));
+            }
+        }
+        fence(SeqCst);
+        let mut floor = 0;
+        let mut refused = None;
+        for taken in nodes {
+            // SAFETY: per this function's contract.
+            match unsafe { taken.node().get() }.check(taken.mode(), respect_waiters) {
+                Ok(stamp) => floor = floor.max(stamp),
+                Err(refusal) => refused = refused.max(Some(refusal)),
+            }
+        }
+        match refused {
+            None => Ok(floor),
+            Some(refusal) => Err((refusal, self.put_back_all(nodes, me, 0))),
+        }
+    }
+
+    /// Takes the modes of `nodes` out, publishing `stamp` (0: none), then
+    /// fences and returns whether any node has waiters. The caller must be
+    /// pinned (a node may become idle and be unlinked at once) or hold the
+    /// nodes' waiting flags.
+    fn put_back_all(&self, nodes: &[Taken], me: usize, stamp: u64) -> bool {
+        if nodes.is_empty() {
+            return false;
+        }
+        for taken in nodes {
+            // SAFETY: per this function's contract.
+            unsafe { taken.node().get() }.put_back(taken.mode(), me, stamp);
+        }
+        // Pairs with a waiter's flags, heavy barrier, check (`slow_path`):
+        // either its check sees our counts gone or we see its flags.
+        epoch::light_barrier();
+        nodes.iter().any(|taken| {
+            // SAFETY: as above.
+            unsafe { taken.node().get() }.has_waiters()
+        })
+    }
+
+    /// The fencing id of a request granted on thread index `me` after its
+    /// checks read stamps up to `floor` (see "Fencing ids").
+    fn issue_id(&self, me: usize, floor: u64) -> u64 {
+        let row = self.root.row(me);
+        let tag = row.index as u64 + 1;
+        let last = &row.row.last_id;
+        if row.owned {
+            let id = self.id_after(floor.max(last.load(SeqCst)), tag);
+            last.store(id, SeqCst);
+            return id;
+        }
+        let mut seen = last.load(SeqCst);
+        loop {
+            let id = self.id_after(floor.max(seen), tag);
+            match last.compare_exchange_weak(seen, id, SeqCst, SeqCst) {
+                Ok(_) => return id,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// The smallest id with `tag` above `floor`'s sequence part.
+    fn id_after(&self, floor: u64, tag: u64) -> u64 {
+        let sequence = (floor >> self.tag_bits) + 1;
+        assert!(
+            sequence < 1 << (64 - self.tag_bits),
+            "shardlock: fencing ids exhausted"
+        );
+        (sequence << self.tag_bits) | tag
     }
 
     fn release(&self, held: &Held) {
-        self.held.sub(1);
-        if self.release_nodes(&held.plan, &held.nodes) {
+        let me = thread_index::current();
+        self.root.row(me).add_held(u64::MAX); // wrapping -1
+        let waiters = {
+            let _pin = epoch::pin();
+            self.put_back_all(&held.nodes, me, held.id)
+        };
+        if waiters {
             self.grant_pass(&mut self.lock_queue());
         }
     }
@@ -691,114 +942,75 @@ impl PathLock {
         QueueGuard::new(&self.queue)
     }
 
-    /// Grants, in id order, every waiter that conflicts with no earlier
+    /// Removes and returns request `seq` if it has been granted, and records
+    /// its id as this thread's last.
+    pub(crate) fn take_granted(&self, queue: &mut Queue, seq: u64) -> Option<Held> {
+        let Status::Granted { id } = queue.waiters.get(&seq)?.status else {
+            return None;
+        };
+        let waiter = queue.waiters.remove(&seq).expect("present");
+        self.root.row(thread_index::current()).raise_last_id(id);
+        Some(Held {
+            id,
+            nodes: waiter.nodes,
+        })
+    }
+
+    /// Grants, in sequence order, every waiter that conflicts with no earlier
     /// waiter and with nothing held; wakes them.
     fn grant_pass(&self, queue: &mut Queue) {
-        let ids: Vec<u64> = queue.waiters.keys().copied().collect();
+        let me = thread_index::current();
+        let seqs: Vec<u64> = queue.waiters.keys().copied().collect();
         let mut blocked: Vec<u64> = Vec::new();
         let mut woke_blocking = false;
-        for id in ids {
-            let waiter = &queue.waiters[&id];
+        for seq in seqs {
+            let waiter = &queue.waiters[&seq];
             if !matches!(waiter.status, Status::Waiting { .. }) {
                 continue;
             }
             let behind = blocked
                 .iter()
                 .any(|b| queue.waiters[b].plan.conflicts(&waiter.plan));
-            if behind || !self.try_grant(&waiter.nodes) {
-                blocked.push(id);
+            // The waiter's flags keep its nodes linked and allocated.
+            let granted = if behind {
+                None
+            } else {
+                self.acquire_all(&waiter.nodes, me, false).ok()
+            };
+            let Some(floor) = granted else {
+                blocked.push(seq);
                 continue;
-            }
-            let mut waiter = queue.waiters.remove(&id).expect("present");
-            queue.count_out(&waiter.plan, &waiter.nodes);
-            match std::mem::replace(&mut waiter.status, Status::Granted) {
+            };
+            let id = queue.issue_id(floor.max(waiter.floor), |floor| self.id_after(floor, 0));
+            let mut waiter = queue.waiters.remove(&seq).expect("present");
+            queue.count_out(&waiter.nodes);
+            match std::mem::replace(&mut waiter.status, Status::Granted { id }) {
                 Status::Waiting { waker: Some(waker) } => queue.to_wake.push(waker),
                 _ => woke_blocking = true,
             }
-            self.held.add(1);
-            queue.waiters.insert(id, waiter);
+            self.root.row(me).add_held(1);
+            queue.waiters.insert(seq, waiter);
         }
         if woke_blocking {
             self.granted.notify_all();
         }
     }
 
-    /// Moves `nodes`' modes into the held counts, all or none.
-    fn try_grant(&self, nodes: &[(NodePtr, NodeMode)]) -> bool {
-        for (i, (node, mode)) in nodes.iter().enumerate() {
-            // SAFETY: the waiter's flags keep its nodes alive (not idle).
-            if !unsafe { node.get() }.try_grant(*mode) {
-                for (node, mode) in &nodes[..i] {
-                    // SAFETY: as above; the flags outlive this rollback.
-                    unsafe { node.get() }.release(*mode);
-                }
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Withdraws request `id`, granted or not, and lets others move.
-    fn cancel(&self, queue: &mut Queue, id: u64) {
-        let Some(waiter) = queue.waiters.remove(&id) else {
+    /// Withdraws request `seq`, granted or not, and lets others move.
+    fn cancel(&self, queue: &mut Queue, seq: u64) {
+        let Some(waiter) = queue.waiters.remove(&seq) else {
             return;
         };
         match waiter.status {
-            Status::Granted => {
-                self.held.sub(1);
-                self.release_nodes(&waiter.plan, &waiter.nodes);
+            Status::Granted { id } => {
+                let me = thread_index::current();
+                self.root.row(me).add_held(u64::MAX);
+                let _pin = epoch::pin();
+                self.put_back_all(&waiter.nodes, me, id);
             }
-            Status::Waiting { .. } => queue.count_out(&waiter.plan, &waiter.nodes),
+            Status::Waiting { .. } => queue.count_out(&waiter.nodes),
         }
         self.grant_pass(queue);
-    }
-}
-
-/// A node's S count is full (see [`MAX_SHARED_HOLDERS`]).
-struct Full;
-
-/// Removes and returns request `id` if it has been granted.
-pub(crate) fn take_granted(queue: &mut Queue, id: u64) -> Option<Held> {
-    if !matches!(queue.waiters.get(&id)?.status, Status::Granted) {
-        return None;
-    }
-    let waiter = queue.waiters.remove(&id).expect("present");
-    Some(Held {
-        id,
-        plan: waiter.plan,
-        nodes: waiter.nodes,
-    })
-}
-
-/// The number of held requests, as per-thread-slot counters so that taking
-/// and releasing locks on different threads write different lines.
-struct HeldCount(Box<[CachePadded<AtomicUsize>]>);
-
-impl HeldCount {
-    fn new() -> Self {
-        HeldCount(
-            (0..16)
-                .map(|_| CachePadded::new(AtomicUsize::new(0)))
-                .collect(),
-        )
-    }
-
-    fn slot(&self) -> &AtomicUsize {
-        &self.0[crate::thread_index::current() % self.0.len()]
-    }
-
-    fn add(&self, n: usize) {
-        self.slot().fetch_add(n, SeqCst);
-    }
-
-    fn sub(&self, n: usize) {
-        self.slot().fetch_sub(n, SeqCst);
-    }
-
-    fn get(&self) -> usize {
-        self.0
-            .iter()
-            .fold(0usize, |sum, n| sum.wrapping_add(n.load(SeqCst)))
     }
 }
 

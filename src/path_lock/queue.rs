@@ -11,27 +11,36 @@ use crate::sync::{lock, Condvar, Mutex, MutexGuard};
 
 use super::lock_set::Plan;
 use super::node::NodeMode;
-use super::NodePtr;
+use super::Nodes;
 
 pub(crate) enum Status {
     /// Waiting; `waker` is the async waiter's (blocking ones use the condvar).
     Waiting { waker: Option<Waker> },
-    /// Its modes were moved from waiting flags to held counts; the owner has
-    /// not picked the guard up yet.
-    Granted,
+    /// Its modes were moved from waiting flags to held counts, with this
+    /// fencing id; the owner has not picked the guard up yet.
+    Granted { id: u64 },
 }
 
 pub(crate) struct Waiter {
     pub(crate) plan: Plan,
-    pub(crate) nodes: Vec<(NodePtr, NodeMode)>,
+    pub(crate) nodes: Nodes,
+    /// The requesting thread's last fencing id when it queued: the grant's
+    /// id exceeds it.
+    pub(crate) floor: u64,
     pub(crate) status: Status,
 }
 
 #[derive(Default)]
 pub(crate) struct Queue {
+    /// By queue sequence number: the order of the grant rule.
     pub(crate) waiters: BTreeMap<u64, Waiter>,
-    /// Per node key: waiters per component mode (IS, IX, S, X).
-    pub(crate) counts: HashMap<String, [u32; 4]>,
+    next_seq: u64,
+    /// The last fencing id issued by a grant pass (tag 0).
+    last_id: u64,
+    /// Per node (by address): waiters per component mode (IS, IX, S, X). A
+    /// node with waiters is in use, so it is not unlinked and its address
+    /// not reused.
+    counts: HashMap<usize, [u32; 4]>,
     /// Wakers of waiters granted under the current lock; woken once it is
     /// released (see [`QueueGuard`]).
     pub(crate) to_wake: Vec<Waker>,
@@ -98,13 +107,29 @@ impl Drop for QueueGuard<'_> {
 }
 
 impl Queue {
-    /// Counts `plan` as waiting; returns, per node, the waiting flags that
+    /// The next queue sequence number.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// A fencing id for a grant: `after(floor)`, where `floor` is raised to
+    /// the last id issued here, so grants' ids are unique and increase.
+    pub(crate) fn issue_id(&mut self, floor: u64, after: impl FnOnce(u64) -> u64) -> u64 {
+        self.last_id = after(floor.max(self.last_id));
+        self.last_id
+    }
+
+    /// Counts `nodes` as waited on; returns, per node, the waiting flags that
     /// just became set (to be set on the node).
-    pub(crate) fn count_in(&mut self, plan: &Plan) -> Vec<u64> {
-        plan.nodes()
-            .map(|(key, mode)| {
-                let counts = self.counts.entry(key.to_owned()).or_default();
-                mode.component_indices()
+    pub(crate) fn count_in(&mut self, nodes: &Nodes) -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|taken| {
+                let counts = self.counts.entry(taken.node().addr()).or_default();
+                taken
+                    .mode()
+                    .component_indices()
                     .filter(|&c| {
                         counts[c] += 1;
                         counts[c] == 1
@@ -115,11 +140,14 @@ impl Queue {
             .collect()
     }
 
-    /// Counts `waiter` out and clears the node flags no other waiter needs.
-    pub(crate) fn count_out(&mut self, plan: &Plan, nodes: &[(NodePtr, NodeMode)]) {
-        for ((key, mode), (node, _)) in plan.nodes().zip(nodes) {
-            let counts = self.counts.get_mut(key).expect("counted in");
-            let cleared: u64 = mode
+    /// Counts a waiter's `nodes` out and clears the flags no other waiter
+    /// needs.
+    pub(crate) fn count_out(&mut self, nodes: &Nodes) {
+        for taken in nodes.iter() {
+            let node = taken.node();
+            let counts = self.counts.get_mut(&node.addr()).expect("counted in");
+            let cleared: u64 = taken
+                .mode()
                 .component_indices()
                 .filter(|&c| {
                     counts[c] -= 1;
@@ -128,21 +156,14 @@ impl Queue {
                 .map(NodeMode::flag_of)
                 .sum();
             if counts.iter().all(|&n| n == 0) {
-                self.counts.remove(key);
+                self.counts.remove(&node.addr());
             }
             if cleared != 0 {
                 // SAFETY: the node carries this waiter's flags until this very
-                // call, so it is not idle and has not been swept.
+                // call, so it is in use and has not been unlinked.
                 unsafe { node.get() }.clear_flags(cleared);
             }
         }
-    }
-
-    /// Whether a request waiting before `id` conflicts with `plan`.
-    pub(crate) fn earlier_conflict(&self, id: u64, plan: &Plan) -> bool {
-        self.waiters
-            .range(..id)
-            .any(|(_, w)| matches!(w.status, Status::Waiting { .. }) && w.plan.conflicts(plan))
     }
 
     pub(crate) fn waiting(&self) -> usize {
