@@ -1,6 +1,8 @@
 //! Stress: random lock sets on a small tree from several threads, mixing
 //! blocking, timeout, try and async acquisition, with a ghost checker that
-//! panics on any conflicting overlap, and a watchdog against deadlock.
+//! panics on any conflicting overlap or fencing id out of order, and a
+//! watchdog against deadlock.
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::mpsc;
@@ -14,8 +16,19 @@ use shardlock::{LockSet, PathLock};
 type Resource = (bool, Vec<&'static str>); // (write, path)
 
 /// The resources currently held, by holder; panics on a conflicting overlap.
+/// It also checks the fencing ids: unique, and above the id of every
+/// conflicting request released before (a holder leaves the ghost before it
+/// releases, so a later conflicting grant enters after that leave).
 #[derive(Default)]
-struct Ghost(Mutex<Vec<(u64, Vec<Resource>)>>);
+struct Ghost(Mutex<GhostState>);
+
+#[derive(Default)]
+struct GhostState {
+    held: Vec<(u64, Vec<Resource>)>,
+    /// Per path, the largest id released reading and writing it.
+    released: HashMap<Vec<&'static str>, (u64, u64)>,
+    ids: HashSet<u64>,
+}
 
 fn conflicts(a: &[Resource], b: &[Resource]) -> bool {
     a.iter().any(|(wa, pa)| {
@@ -28,15 +41,40 @@ fn conflicts(a: &[Resource], b: &[Resource]) -> bool {
 
 impl Ghost {
     fn enter(&self, id: u64, set: &[Resource]) {
-        let mut held = self.0.lock().unwrap();
-        if let Some((other, _)) = held.iter().find(|(_, h)| conflicts(h, set)) {
+        let mut ghost = self.0.lock().unwrap();
+        if let Some((other, _)) = ghost.held.iter().find(|(_, h)| conflicts(h, set)) {
             panic!("request {id} {set:?} granted while conflicting request {other} holds");
         }
-        held.push((id, set.to_vec()));
+        assert!(ghost.ids.insert(id), "fencing id {id} issued twice");
+        for (write, path) in set {
+            for (other, &(read_id, write_id)) in &ghost.released {
+                let n = path.len().min(other.len());
+                if path[..n] != other[..n] {
+                    continue; // neither is a prefix of the other
+                }
+                let before = if *write {
+                    read_id.max(write_id)
+                } else {
+                    write_id
+                };
+                assert!(
+                    id > before,
+                    "request {id} {set:?} follows conflicting request {before} on {other:?}"
+                );
+            }
+        }
+        ghost.held.push((id, set.to_vec()));
     }
 
     fn leave(&self, id: u64) {
-        self.0.lock().unwrap().retain(|(h, _)| *h != id);
+        let mut ghost = self.0.lock().unwrap();
+        let at = ghost.held.iter().position(|(h, _)| *h == id).expect("held");
+        let (_, set) = ghost.held.swap_remove(at);
+        for (write, path) in set {
+            let ids = ghost.released.entry(path).or_default();
+            let slot = if write { &mut ids.1 } else { &mut ids.0 };
+            *slot = (*slot).max(id);
+        }
     }
 }
 
@@ -102,6 +140,7 @@ fn random_sets_never_overlap_and_never_deadlock() {
         thread::spawn(move || {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
             let mut granted = 0;
+            let mut last_id = 0;
             for _ in 0..ROUNDS {
                 let set = rng.set();
                 let request = lock_set(&set);
@@ -112,6 +151,8 @@ fn random_sets_never_overlap_and_never_deadlock() {
                     _ => Some(block_on(lock.lock_async(&request)).unwrap()),
                 };
                 if let Some(guard) = guard {
+                    assert!(guard.id() > last_id, "a thread's ids went backwards");
+                    last_id = guard.id();
                     ghost.enter(guard.id(), &set);
                     if rng.next(8) == 0 {
                         thread::yield_now();

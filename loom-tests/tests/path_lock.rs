@@ -5,7 +5,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Wake, Waker};
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 use shardlock::{LockSet, PathLock};
 use std::sync::Arc;
@@ -150,5 +150,40 @@ fn release_hands_off_to_a_waiting_set() {
         };
         drop(guard);
         assert!(lock.try_write(["b"]).is_some());
+    });
+}
+
+/// Under loom every node creation sweeps. Here one thread's creation of
+/// ["c"] sweeps the idle nodes of ["a", "b"] (marking them `DEAD` and
+/// unlinking them) while the main thread takes ["a", "b"] again through
+/// those very nodes; then the sweeping thread takes ["a", "b"] too, on
+/// whatever nodes the path has by then. A request that kept a dead node
+/// would exclude nothing, and both would be inside at once.
+#[test]
+fn a_sweep_unlinking_a_path_races_a_reacquire_of_it() {
+    model(|| {
+        let lock = Arc::new(PathLock::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let enter = |inside: &AtomicUsize| {
+            assert_eq!(inside.fetch_add(1, SeqCst), 0, "two writers of [a, b]");
+            inside.fetch_sub(1, SeqCst);
+        };
+        drop(lock.write(["a", "b"])); // nodes a and a/b, now idle
+        let sweeper = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                drop(lock.read(["c"])); // creates c, sweeping first
+                let _g = lock.write(["a", "b"]);
+                enter(&inside);
+            })
+        };
+        {
+            let _g = lock.write(["a", "b"]);
+            enter(&inside);
+        }
+        sweeper.join().unwrap();
+        let stats = lock.stats();
+        assert_eq!((stats.held, stats.waiting, stats.nodes), (0, 0, 0));
+        assert!(lock.try_write(["a"]).is_some());
     });
 }

@@ -13,7 +13,10 @@ pub struct PathGuard<'a> {
 }
 
 impl PathGuard<'_> {
-    /// The request's fencing id: strictly increasing in request order.
+    /// The request's fencing id: unique within its lock, greater than the id
+    /// of every conflicting request granted before it, and increasing across
+    /// the requests of one thread. Ids of requests that do not conflict are
+    /// not ordered: there is no global counter.
     pub fn id(&self) -> u64 {
         self.held.id
     }
@@ -42,7 +45,7 @@ pub struct OwnedPathGuard {
 }
 
 impl OwnedPathGuard {
-    /// The request's fencing id: strictly increasing in request order.
+    /// The request's fencing id; see [`PathGuard::id`].
     pub fn id(&self) -> u64 {
         self.held.id
     }

@@ -193,6 +193,13 @@ impl fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
+/// Panics once a lock has issued every fencing id (see `id_after`). The
+/// caller has put back what it took.
+#[cold]
+fn ids_exhausted() -> ! {
+    panic!("shardlock: this PathLock's fencing ids are exhausted")
+}
+
 /// A snapshot of a [`PathLock`]'s state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathLockStats {
@@ -625,8 +632,13 @@ impl PathLock {
             self.resolve(plan, &pin, &mut held.nodes);
             let refusal = match self.acquire_all(&held.nodes, me, true) {
                 Ok(floor) => {
+                    let Some(id) = self.issue_id(me, floor) else {
+                        self.put_back_all(&held.nodes, me, 0);
+                        held.nodes.clear();
+                        ids_exhausted();
+                    };
                     drop(pin);
-                    held.id = self.issue_id(me, floor);
+                    held.id = id;
                     self.root.row(me).add_held(1);
                     return true;
                 }
@@ -896,34 +908,33 @@ impl PathLock {
     }
 
     /// The fencing id of a request granted on thread index `me` after its
-    /// checks read stamps up to `floor` (see "Fencing ids").
-    fn issue_id(&self, me: usize, floor: u64) -> u64 {
+    /// checks read stamps up to `floor` (see "Fencing ids"); `None` once the
+    /// ids are exhausted.
+    fn issue_id(&self, me: usize, floor: u64) -> Option<u64> {
         let row = self.root.row(me);
         let tag = row.index as u64 + 1;
         let last = &row.row.last_id;
         if row.owned {
-            let id = self.id_after(floor.max(last.load(SeqCst)), tag);
+            let id = self.id_after(floor.max(last.load(SeqCst)), tag)?;
             last.store(id, SeqCst);
-            return id;
+            return Some(id);
         }
         let mut seen = last.load(SeqCst);
         loop {
-            let id = self.id_after(floor.max(seen), tag);
+            let id = self.id_after(floor.max(seen), tag)?;
             match last.compare_exchange_weak(seen, id, SeqCst, SeqCst) {
-                Ok(_) => return id,
+                Ok(_) => return Some(id),
                 Err(now) => seen = now,
             }
         }
     }
 
-    /// The smallest id with `tag` above `floor`'s sequence part.
-    fn id_after(&self, floor: u64, tag: u64) -> u64 {
+    /// The smallest id with `tag` above `floor`'s sequence part, if the
+    /// sequence has room: over 2^56 of them, more than four years of a
+    /// billion requests a second.
+    fn id_after(&self, floor: u64, tag: u64) -> Option<u64> {
         let sequence = (floor >> self.tag_bits) + 1;
-        assert!(
-            sequence < 1 << (64 - self.tag_bits),
-            "shardlock: fencing ids exhausted"
-        );
-        (sequence << self.tag_bits) | tag
+        (sequence < 1 << (64 - self.tag_bits)).then_some((sequence << self.tag_bits) | tag)
     }
 
     fn release(&self, held: &Held) {
@@ -981,7 +992,12 @@ impl PathLock {
                 blocked.push(seq);
                 continue;
             };
-            let id = queue.issue_id(floor.max(waiter.floor), |floor| self.id_after(floor, 0));
+            let floor = floor.max(waiter.floor);
+            let Some(id) = queue.issue_id(floor, |floor| self.id_after(floor, 0)) else {
+                let waiter = &queue.waiters[&seq];
+                self.put_back_all(&waiter.nodes, me, 0); // its flags keep them
+                ids_exhausted();
+            };
             let mut waiter = queue.waiters.remove(&seq).expect("present");
             queue.count_out(&waiter.nodes);
             match std::mem::replace(&mut waiter.status, Status::Granted { id }) {

@@ -115,9 +115,13 @@ impl Queue {
 
     /// A fencing id for a grant: `after(floor)`, where `floor` is raised to
     /// the last id issued here, so grants' ids are unique and increase.
-    pub(crate) fn issue_id(&mut self, floor: u64, after: impl FnOnce(u64) -> u64) -> u64 {
-        self.last_id = after(floor.max(self.last_id));
-        self.last_id
+    pub(crate) fn issue_id(
+        &mut self,
+        floor: u64,
+        after: impl FnOnce(u64) -> Option<u64>,
+    ) -> Option<u64> {
+        self.last_id = after(floor.max(self.last_id))?;
+        Some(self.last_id)
     }
 
     /// Counts `nodes` as waited on; returns, per node, the waiting flags that

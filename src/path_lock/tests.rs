@@ -83,7 +83,7 @@ fn lock_sets_are_atomic_and_join_redundant_resources() {
 }
 
 #[test]
-fn ids_strictly_increase_in_request_order() {
+fn ids_increase_for_one_threads_requests() {
     let lock = PathLock::new();
     let a = lock.read(["a"]).id();
     let b = lock.try_write(["b"]).unwrap().id();
