@@ -14,9 +14,11 @@ pub struct PathGuard<'a> {
 
 impl PathGuard<'_> {
     /// The request's fencing id: unique within its lock, greater than the id
-    /// of every conflicting request granted before it, and increasing across
-    /// the requests of one thread. Ids of requests that do not conflict are
-    /// not ordered: there is no global counter.
+    /// of every conflicting request granted before it, and greater than every
+    /// id the obtaining thread got before (a queued request obtains its id
+    /// when the thread picks up the grant: a blocking call's return, an
+    /// async form's completing poll). Ids of requests that do not conflict
+    /// are not ordered across threads: there is no global counter.
     pub fn id(&self) -> u64 {
         self.held.id
     }

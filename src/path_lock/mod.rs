@@ -105,23 +105,25 @@
 //!
 //! # Fencing ids
 //!
-//! Ids are unique within a lock, increase for the requests of one thread,
-//! and exceed the id of every conflicting request granted before. No global
-//! counter is involved:
+//! Ids are unique within a lock, increase in the order one thread obtains
+//! its requests, and exceed the id of every conflicting request granted
+//! before. No global counter is involved:
 //! * A request's id is `(floor >> B) + 1 << B | tag`, with `floor` the
 //!   largest stamp its checks read (and its thread's last id), `B` enough
-//!   bits for every tag, and `tag` its root row's index + 1 (0 for grants
-//!   by the queue, which keeps its own last id under the mutex). Owned rows
-//!   store their last id with a plain store; the shared overflow row CASes.
+//!   bits for every tag, and `tag` the index + 1 of the root row of the
+//!   thread that obtains it. Owned rows store their last id with a plain
+//!   store; the shared overflow row CASes.
 //! * A conflicting request Q granted earlier released before this one took
 //!   the meeting node (they never hold at once). Q published its id before
 //!   taking its counts out (Release); this request's check read those counts
 //!   gone (SeqCst, so Acquire) and then the stamps: in the word's stamp if Q
 //!   held S or X there, in Q's releasing thread's row if Q held IS or IX, in
 //!   which case this request holds S or X there and reads every row.
-//! * A waiter's id is issued at its grant and is at least the requesting
-//!   thread's last id when it queued; the thread raises its own last id to a
-//!   granted request's id when it picks it up.
+//! * A waiter's grant records the floor its checks read (and the requesting
+//!   thread's last id when it queued); its id is issued from that floor when
+//!   a thread picks the grant up. Between the two it holds, so no
+//!   conflicting request is granted meanwhile. So a thread's ids increase in
+//!   the order it obtains its requests.
 //!
 //! # Model checking
 //!
@@ -953,14 +955,25 @@ impl PathLock {
         QueueGuard::new(&self.queue)
     }
 
-    /// Removes and returns request `seq` if it has been granted, and records
-    /// its id as this thread's last.
+    /// Removes and returns request `seq` if it has been granted, issuing its
+    /// fencing id now, on the thread that picks it up: above its grant's
+    /// floor and this thread's last id. No conflicting request can be granted
+    /// between the grant and now, since this one holds.
     pub(crate) fn take_granted(&self, queue: &mut Queue, seq: u64) -> Option<Held> {
-        let Status::Granted { id } = queue.waiters.get(&seq)?.status else {
+        let Status::Granted { floor } = queue.waiters.get(&seq)?.status else {
             return None;
         };
+        let me = thread_index::current();
+        let Some(id) = self.issue_id(me, floor) else {
+            let waiter = &queue.waiters[&seq];
+            let _pin = epoch::pin();
+            self.put_back_all(&waiter.nodes, me, 0);
+            // Withdraw it, or `Drop` of the future would release it again.
+            queue.waiters.remove(&seq);
+            self.root.row(me).add_held(u64::MAX);
+            ids_exhausted();
+        };
         let waiter = queue.waiters.remove(&seq).expect("present");
-        self.root.row(thread_index::current()).raise_last_id(id);
         Some(Held {
             id,
             nodes: waiter.nodes,
@@ -993,14 +1006,9 @@ impl PathLock {
                 continue;
             };
             let floor = floor.max(waiter.floor);
-            let Some(id) = queue.issue_id(floor, |floor| self.id_after(floor, 0)) else {
-                let waiter = &queue.waiters[&seq];
-                self.put_back_all(&waiter.nodes, me, 0); // its flags keep them
-                ids_exhausted();
-            };
             let mut waiter = queue.waiters.remove(&seq).expect("present");
             queue.count_out(&waiter.nodes);
-            match std::mem::replace(&mut waiter.status, Status::Granted { id }) {
+            match std::mem::replace(&mut waiter.status, Status::Granted { floor }) {
                 Status::Waiting { waker: Some(waker) } => queue.to_wake.push(waker),
                 _ => woke_blocking = true,
             }
@@ -1018,11 +1026,13 @@ impl PathLock {
             return;
         };
         match waiter.status {
-            Status::Granted { id } => {
+            Status::Granted { floor } => {
+                // Granted but never picked up: no id was issued; its floor
+                // is a stamp every later conflicting request exceeds anyway.
                 let me = thread_index::current();
                 self.root.row(me).add_held(u64::MAX);
                 let _pin = epoch::pin();
-                self.put_back_all(&waiter.nodes, me, id);
+                self.put_back_all(&waiter.nodes, me, floor);
             }
             Status::Waiting { .. } => queue.count_out(&waiter.nodes),
         }

@@ -229,12 +229,6 @@ impl RowRef<'_> {
         }
     }
 
-    /// Raises the row's last issued id to `id` (a granted waiter's, picked
-    /// up by this row's thread).
-    pub(crate) fn raise_last_id(&self, id: u64) {
-        self.raise(&self.row.last_id, id);
-    }
-
     /// Adds `delta` (wrapping) to the row's held-request count.
     pub(crate) fn add_held(&self, delta: u64) {
         self.add(&self.row.held, delta);

@@ -16,9 +16,10 @@ use super::Nodes;
 pub(crate) enum Status {
     /// Waiting; `waker` is the async waiter's (blocking ones use the condvar).
     Waiting { waker: Option<Waker> },
-    /// Its modes were moved from waiting flags to held counts, with this
-    /// fencing id; the owner has not picked the guard up yet.
-    Granted { id: u64 },
+    /// Its modes were moved from waiting flags to held counts; its checks
+    /// read stamps up to `floor`. The owner has not picked the guard up yet
+    /// (which issues its id).
+    Granted { floor: u64 },
 }
 
 pub(crate) struct Waiter {
@@ -35,8 +36,6 @@ pub(crate) struct Queue {
     /// By queue sequence number: the order of the grant rule.
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     next_seq: u64,
-    /// The last fencing id issued by a grant pass (tag 0).
-    last_id: u64,
     /// Per node (by address): waiters per component mode (IS, IX, S, X). A
     /// node with waiters is in use, so it is not unlinked and its address
     /// not reused.
@@ -111,17 +110,6 @@ impl Queue {
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
-    }
-
-    /// A fencing id for a grant: `after(floor)`, where `floor` is raised to
-    /// the last id issued here, so grants' ids are unique and increase.
-    pub(crate) fn issue_id(
-        &mut self,
-        floor: u64,
-        after: impl FnOnce(u64) -> Option<u64>,
-    ) -> Option<u64> {
-        self.last_id = after(floor.max(self.last_id))?;
-        Some(self.last_id)
     }
 
     /// Counts `nodes` as waited on; returns, per node, the waiting flags that
