@@ -125,6 +125,18 @@
 //!   conflicting request is granted meanwhile. So a thread's ids increase in
 //!   the order it obtains its requests.
 //!
+//! # What changed from the first protocol, and why
+//!
+//! The first protocol fenced once per node, looked every node up on lock and
+//! again on unlock (a sweep was excluded by the table's shard locks), took a
+//! global `fetch_add` for each id, and counted held requests with RMWs. Now:
+//! one fence per request (the Dekker argument above holds per node whatever
+//! the batching); sweeps mark `DEAD` and leave freeing to epochs, so guards
+//! keep pointers; releases pair asymmetrically with waiters (a waiter, on the
+//! slow path anyway, pays the heavy barrier); ids come from stamps, which
+//! gives the weaker, documented guarantee above in exchange for no shared
+//! write on the read path.
+//!
 //! # Model checking
 //!
 //! `loom-tests/tests/path_lock.rs`: reader vs writer on parent/child, two
