@@ -7,6 +7,9 @@
 //! * [`PathLock`]: hierarchical read/write locks on paths of string segments
 //!   (a lock covers its subtree), with atomic lock sets, exact FIFO fairness
 //!   among conflicting requests, and blocking, try, timeout and async forms.
+//! * [`Watch`]: a read-mostly value with change notification: lock-free
+//!   reads, and subscribers that wait (async or blocking) for the latest
+//!   value.
 //!
 //! Every atomic protocol is described at the top of its module and
 //! model-checked with loom (see `loom-tests/`).
@@ -25,6 +28,7 @@ mod sharded_rwlock;
 mod sync;
 mod thread_index;
 mod unwind;
+mod watch;
 
 #[cfg(all(test, not(loom)))]
 mod test_support;
@@ -32,6 +36,7 @@ mod test_support;
 pub use path_lock::{LockError, LockSet, Mode, OwnedPathGuard, PathGuard, PathLock, PathLockStats};
 pub use router_table::RouterTable;
 pub use sharded_rwlock::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
+pub use watch::{Closed, Ref, Subscriber, Watch};
 
 /// The README's tour, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -1,0 +1,141 @@
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use super::{Closed, Watch};
+
+struct Flag(AtomicBool);
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn flag_waker() -> (Arc<Flag>, Waker) {
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    (flag.clone(), Waker::from(flag))
+}
+
+#[test]
+fn loads_see_stores_and_versions_count_them() {
+    let watch = Watch::new(String::from("a"));
+    assert_eq!((watch.load().as_str(), watch.version()), ("a", 0));
+    watch.store("b".into());
+    watch.update(|s| format!("{s}c"));
+    assert_eq!(*watch.load(), "bc");
+    assert_eq!(*watch.borrow(), "bc");
+    assert_eq!(watch.version(), 2);
+    assert_eq!(format!("{watch:?}"), r#"Watch { value: "bc", version: 2 }"#);
+    assert_eq!(*Watch::<u32>::default().load(), 0);
+}
+
+#[test]
+fn a_pending_changed_is_woken_by_a_store_and_returns_the_latest() {
+    let watch = Watch::new(1);
+    let mut sub = watch.subscribe();
+    let (flag, waker) = flag_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut changed = Box::pin(sub.changed());
+    assert!(changed.as_mut().poll(&mut cx).is_pending());
+    watch.store(2);
+    watch.store(3); // intermediate versions may be skipped
+    assert!(flag.0.load(Ordering::SeqCst), "the store woke the waiter");
+    assert_eq!(changed.as_mut().poll(&mut cx), Poll::Ready(Ok(Arc::new(3))));
+    drop(changed);
+    assert_eq!(sub.try_changed(), Ok(None), "3 was seen");
+}
+
+#[test]
+fn dropping_the_watch_closes_after_the_last_unseen_value() {
+    let watch = Watch::new(1);
+    let mut sub = watch.subscribe();
+    let (flag, waker) = flag_waker();
+    let mut cx = Context::from_waker(&waker);
+    {
+        let mut changed = Box::pin(sub.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+    }
+    watch.store(2);
+    drop(watch);
+    assert_eq!(
+        sub.try_changed(),
+        Ok(Some(Arc::new(2))),
+        "unseen value first"
+    );
+    assert_eq!(sub.try_changed(), Err(Closed));
+    assert_eq!(sub.wait_changed(), Err(Closed));
+    let mut changed = Box::pin(sub.changed());
+    assert_eq!(changed.as_mut().poll(&mut cx), Poll::Ready(Err(Closed)));
+    let _ = flag;
+}
+
+#[test]
+fn blocking_waits_wake_on_a_store_from_another_thread_and_time_out() {
+    let watch = Arc::new(Watch::new(0u64));
+    let mut sub = watch.subscribe();
+    assert_eq!(
+        sub.wait_changed_timeout(Duration::from_millis(10)),
+        Ok(None)
+    );
+    let writer = {
+        let watch = watch.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            watch.store(7);
+        })
+    };
+    assert_eq!(*sub.wait_changed().unwrap(), 7);
+    writer.join().unwrap();
+    let mut other = sub.clone();
+    assert_eq!(
+        other.try_changed(),
+        Ok(None),
+        "a clone has seen what its source saw"
+    );
+}
+
+#[test]
+fn dropped_futures_and_subscribers_leave_no_waker_behind() {
+    let watch = Watch::new(0);
+    let mut sub = watch.subscribe();
+    let (_, waker) = flag_waker();
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..100 {
+        let mut changed = Box::pin(sub.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+        assert!(changed.as_mut().poll(&mut cx).is_pending()); // re-poll: same slot
+    }
+    assert!(crate::sync::lock(&watch.shared.wakers).by_id.is_empty());
+    let mut changed = Box::pin(sub.changed());
+    assert!(changed.as_mut().poll(&mut cx).is_pending());
+    std::mem::forget(changed); // never dropped: only its slot stays
+    drop(sub);
+    assert!(crate::sync::lock(&watch.shared.wakers).by_id.is_empty());
+}
+
+#[test]
+fn a_panicking_waker_does_not_stop_the_others() {
+    struct Boom;
+    impl Wake for Boom {
+        fn wake(self: Arc<Self>) {
+            panic!("waker panicked");
+        }
+    }
+    let watch = Watch::new(0);
+    let (mut a, mut b) = (watch.subscribe(), watch.subscribe());
+    let boom = Waker::from(Arc::new(Boom));
+    let (flag, ok) = flag_waker();
+    let mut fa = Box::pin(a.changed());
+    assert!(fa
+        .as_mut()
+        .poll(&mut Context::from_waker(&boom))
+        .is_pending());
+    let mut fb = Box::pin(b.changed());
+    assert!(fb.as_mut().poll(&mut Context::from_waker(&ok)).is_pending());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch.store(1)));
+    assert!(result.is_err(), "the waker's panic resumes");
+    assert!(flag.0.load(Ordering::SeqCst), "the other waker still ran");
+    assert_eq!(*watch.load(), 1);
+}
