@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use shardlock::{Closed, Watch};
+use shardlock::Watch;
 use tokio::sync::mpsc;
 
 /// Where the car is.
@@ -151,15 +151,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> std::io::Res
         let mut logged = 0usize;
         writeln!(log, "{}", first.log_line())?;
         logged += 1;
-        loop {
-            match logged_sub.changed().await {
-                Ok(reading) => {
-                    writeln!(log, "{}", reading.log_line())?;
-                    log.flush()?;
-                    logged += 1;
-                }
-                Err(Closed) => break,
-            }
+        // Until `Closed`: the owner dropped the readings.
+        while let Ok(reading) = logged_sub.changed().await {
+            writeln!(log, "{}", reading.log_line())?;
+            log.flush()?;
+            logged += 1;
         }
         log.flush()?;
         Ok::<usize, std::io::Error>(logged)
