@@ -139,3 +139,11 @@ fn a_panicking_waker_does_not_stop_the_others() {
     assert!(flag.0.load(Ordering::SeqCst), "the other waker still ran");
     assert_eq!(*watch.load(), 1);
 }
+
+#[test]
+fn watch_and_subscriber_are_send_and_sync_for_shareable_contents() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Watch<String>>();
+    shareable::<super::Subscriber<Vec<u8>>>();
+    shareable::<super::Ref<u64>>();
+}

@@ -164,3 +164,30 @@ fn periodic_saves_happen_while_running() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_load_generator_compares_both_backends() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kv-load"))
+        .args([
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "1",
+            "--connections",
+            "4",
+            "--keys",
+            "50",
+        ])
+        .output()
+        .expect("run kv-load");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    for backend in ["RouterTable r1:", "RwLock<HashMap> r1:"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(backend))
+            .expect(backend);
+        assert!(line.contains(" 0 errors)"), "{line}");
+    }
+    assert!(stdout.contains("median: RouterTable"), "{stdout}");
+}
