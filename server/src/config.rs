@@ -1,0 +1,119 @@
+//! The command line: Locktopus's flags and `LOCKTOPUS_*` environment
+//! variables, so an operator swaps the binary and keeps the deployment,
+//! plus the limits, keepalive, drain, auth and TLS settings Locktopus lacks.
+use std::net::IpAddr;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::protocol::Limits;
+
+/// A boolean the way Locktopus reads one: `true`, `1`, `yes`, `y` (any case)
+/// are true, anything else false.
+fn truthy(s: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(matches!(
+        s.to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "y"
+    ))
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "shardlock-server",
+    version,
+    about = "A Locktopus-compatible lock server on shardlock's PathLock"
+)]
+pub struct Config {
+    /// Address to listen on. Loopback by default (Locktopus: 0.0.0.0); use
+    /// `--host 0.0.0.0` to expose the server.
+    #[arg(short = 'H', long, env = "LOCKTOPUS_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(short, long, env = "LOCKTOPUS_PORT", default_value_t = 9009)]
+    pub port: u16,
+    /// Abandon timeout (ms) for a connection that closes holding a lock,
+    /// unless it set `abandon-timeout-ms`.
+    #[arg(
+        long,
+        env = "LOCKTOPUS_DEFAULT_ABANDON_TIMEOUT",
+        default_value_t = 60_000
+    )]
+    pub default_abandon_timeout: u64,
+    /// Log usage statistics every N > 0 seconds (0: never).
+    #[arg(long, env = "LOCKTOPUS_STATS_INTERVAL", default_value_t = 0)]
+    pub stats_interval: u64,
+    /// Log client sessions (true/false).
+    #[arg(long, env = "LOCKTOPUS_LOG_CLIENTS", default_value = "false", value_parser = truthy)]
+    pub log_clients: bool,
+    /// Log locks and releases (true/false).
+    #[arg(long, env = "LOCKTOPUS_LOG_LOCKS", default_value = "false", value_parser = truthy)]
+    pub log_locks: bool,
+    /// Log format.
+    #[arg(long, env = "LOCKTOPUS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "LOCKTOPUS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// Most resources in one lock.
+    #[arg(long, env = "LOCKTOPUS_MAX_RESOURCES", default_value_t = 64)]
+    pub max_resources: usize,
+    /// Most segments in one path.
+    #[arg(long, env = "LOCKTOPUS_MAX_PATH_DEPTH", default_value_t = 32)]
+    pub max_path_depth: usize,
+    /// Longest path segment, in bytes.
+    #[arg(long, env = "LOCKTOPUS_MAX_SEGMENT_BYTES", default_value_t = 256)]
+    pub max_segment_bytes: usize,
+    /// Most open sessions.
+    #[arg(long, env = "LOCKTOPUS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most open sessions in one namespace.
+    #[arg(
+        long,
+        env = "LOCKTOPUS_MAX_CONNECTIONS_PER_NAMESPACE",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_namespace: usize,
+    /// Time (ms) a client has to send its request headers.
+    #[arg(long, env = "LOCKTOPUS_HANDSHAKE_TIMEOUT", default_value_t = 10_000)]
+    pub handshake_timeout: u64,
+    /// Ping interval (ms); a peer silent for two intervals is dead.
+    #[arg(long, env = "LOCKTOPUS_KEEPALIVE_INTERVAL", default_value_t = 30_000)]
+    pub keepalive_interval: u64,
+    /// Time (ms) sessions get to close on shutdown before the server exits.
+    #[arg(long, env = "LOCKTOPUS_DRAIN_TIMEOUT", default_value_t = 5_000)]
+    pub drain_timeout: u64,
+    /// Shared secret clients must present (`Authorization: Bearer <token>`
+    /// or `?token=<token>`). Off by default, as in Locktopus.
+    #[arg(long, env = "LOCKTOPUS_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_resources: self.max_resources,
+            max_depth: self.max_path_depth,
+            max_segment_bytes: self.max_segment_bytes,
+        }
+    }
+
+    pub fn default_abandon(&self) -> Duration {
+        Duration::from_millis(self.default_abandon_timeout)
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval.max(1))
+    }
+
+    /// A configuration for tests: loopback, a free port, defaults otherwise.
+    pub fn for_tests() -> Self {
+        Config::parse_from(["shardlock-server", "--port", "0"])
+    }
+}

@@ -1,0 +1,261 @@
+//! The HTTP side: routes, the WebSocket upgrade of `/v1`, auth, and the
+//! accept loop (handshake timeout, graceful drain).
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::Shared;
+
+/// The routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(status))
+        .route("/v1", get(v1))
+        .route("/stats_v1", get(stats_v1))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(shared)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// Whether the request carries the configured token (always, if none is
+/// configured). Compared in constant time.
+fn authorized(shared: &Shared, headers: &HeaderMap, params: &HashMap<String, String>) -> bool {
+    let Some(expected) = &shared.config.auth_token else {
+        return true;
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer.or(params.get("token").map(String::as_str));
+    given.is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+}
+
+/// Equality whose time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response {
+    text(StatusCode::UNAUTHORIZED, "missing or wrong token")
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let mut body = format!(
+        "shardlock-server {} (Locktopus protocol v1)\n\nAvailable API versions:\n/v1\te.g. ws://host:port/v1?namespace=default\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if shared.config.auth_token.is_some() {
+        body.push_str(&format!(
+            "\nOpened namespaces: {}\n",
+            shared.namespaces.len()
+        ));
+    } else if shared.namespaces.is_empty() {
+        body.push_str("\nNo opened namespaces\n");
+    } else {
+        body.push_str("\nOpened namespaces:\n");
+        for (name, _) in shared.namespaces.all() {
+            body.push_str(&name);
+            body.push('\n');
+        }
+    }
+    text(StatusCode::OK, body)
+}
+
+async fn v1(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(params): Params,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !authorized(&shared, &headers, &params) {
+        return unauthorized();
+    }
+    let namespace = match params.get("namespace") {
+        Some(ns) if !ns.is_empty() => ns.clone(),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "URL parameter 'namespace' is required",
+            )
+        }
+    };
+    let abandon = match params.get("abandon-timeout-ms") {
+        None => shared.config.default_abandon(),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "URL parameter 'abandon-timeout-ms' should be integer value >= 0 representing broken connection timeout (in milliseconds)",
+                )
+            }
+        },
+    };
+    if *shared.shutdown.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    // Count the session before upgrading, so the limit holds under races.
+    let open = shared.metrics.connections.fetch_add(1, Relaxed);
+    let admitted = if open as usize >= shared.config.max_connections {
+        None
+    } else {
+        shared
+            .namespaces
+            .join(&namespace, shared.config.max_connections_per_namespace)
+            .ok()
+    };
+    let Some(member) = admitted else {
+        shared.metrics.connections.fetch_sub(1, Relaxed);
+        shared.metrics.rejected_connections.fetch_add(1, Relaxed);
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    let session = SessionCount(shared.clone());
+    upgrade
+        .max_message_size(shared.config.max_message_bytes)
+        .max_frame_size(shared.config.max_message_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            if session.0.config.log_clients {
+                tracing::info!(namespace = member.name(), "session opened");
+            }
+            let shared = session.0.clone();
+            crate::session::serve(socket, member, shared, abandon).await;
+            if session.0.config.log_clients {
+                tracing::info!("session closed");
+            }
+            drop(session);
+        })
+}
+
+/// Decrements the open-session gauge when the session (or a failed
+/// upgrade) ends.
+struct SessionCount(Arc<Shared>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.metrics.connections.fetch_sub(1, Relaxed);
+        self.0.sessions_done.notify_waiters();
+    }
+}
+
+async fn stats_v1(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    if !authorized(&shared, &headers, &params) {
+        return unauthorized();
+    }
+    let Some(name) = params.get("namespace").filter(|n| !n.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "URL parameter 'namespace' is required",
+        );
+    };
+    match shared.namespaces.get(name) {
+        None => text(StatusCode::NOT_FOUND, "Namespace not found"),
+        Some(ns) => axum::Json(ns.stats()).into_response(),
+    }
+}
+
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    if !authorized(&shared, &headers, &params) {
+        return unauthorized();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(&shared.namespaces),
+    )
+        .into_response()
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if *shared.shutdown.borrow() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::OK, "ok\n")
+    }
+}
+
+/// Accepts connections on `listener` until `stop` resolves; then stops
+/// accepting, tells every session to close (code 1001) and waits for them
+/// up to the drain timeout.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+    let app = router(shared.clone());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(
+            shared.config.handshake_timeout.max(1),
+        ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    shared.shutdown.store(true);
+    let drain = Duration::from_millis(shared.config.drain_timeout);
+    let sessions = async {
+        while shared.metrics.connections.load(Relaxed) > 0 {
+            let notified = shared.sessions_done.notified();
+            if shared.metrics.connections.load(Relaxed) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    };
+    let _ = tokio::time::timeout(drain, async {
+        sessions.await;
+        graceful.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,74 @@
+//! shardlock-server: a drop-in replacement for the Locktopus lock server,
+//! speaking its protocol v1 byte for byte, on shardlock's `PathLock`.
+//!
+//! * [`protocol`]: frames, replies and the per-connection state machine.
+//! * [`session`]: one WebSocket connection.
+//! * [`namespace`]: namespaces (one `PathLock` each) and `stats_v1`.
+//! * [`metrics`]: Prometheus metrics.
+//! * [`http`]: routes, auth and the accept loop.
+//! * [`config`]: the command line (Locktopus's flags and env variables).
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod namespace;
+pub mod protocol;
+pub mod session;
+
+use std::sync::Arc;
+
+use shardlock::Watch;
+
+pub use config::Config;
+
+/// What every handler and session shares.
+pub struct Shared {
+    pub config: Config,
+    pub namespaces: Arc<namespace::Registry>,
+    pub metrics: metrics::Metrics,
+    /// Set once, when the server starts shutting down.
+    pub shutdown: Watch<bool>,
+    /// Notified whenever a session ends (for the drain).
+    sessions_done: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            namespaces: Arc::default(),
+            metrics: metrics::Metrics::default(),
+            shutdown: Watch::new(false),
+            sessions_done: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// Binds `config`'s address and serves until `stop` resolves (then drains).
+/// Calls `on_bound` with the bound address first (the port may be 0).
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(std::net::SocketAddr),
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+    on_bound(listener.local_addr()?);
+    let shared = Shared::new(config);
+    if shared.config.stats_interval > 0 {
+        let (shared, every) = (
+            shared.clone(),
+            std::time::Duration::from_secs(shared.config.stats_interval),
+        );
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                for (name, ns) in shared.namespaces.all() {
+                    tracing::info!(namespace = name, stats = ?ns.stats(), "statistics");
+                }
+            }
+        });
+    }
+    http::serve(listener, shared, stop).await;
+    Ok(())
+}

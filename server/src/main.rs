@@ -1,0 +1,43 @@
+//! `shardlock-server`: `cargo run --release -p shardlock-server`.
+use clap::Parser;
+use shardlock_server::config::{Config, LogFormat};
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: draining sessions");
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    shardlock_server::run(config, stop_signal(), |addr| {
+        println!("shardlock-server listening on ws://{addr}/v1");
+        tracing::info!(%addr, "listening");
+    })
+    .await?;
+    println!("shardlock-server stopped");
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! One WebSocket connection: frames in, the protocol state machine, the
+//! namespace's `PathLock`, replies and pushes out.
+//!
+//! Semantics beyond the wire format (each one a deliberate difference from
+//! Locktopus where it differs; see the README):
+//! * a `release` while enqueued withdraws the waiting request at once;
+//! * a connection that ends while *waiting* withdraws at once;
+//! * a connection that ends while *holding* (closed cleanly, dropped, or
+//!   found dead by keepalive) keeps the lock for its abandon timeout, then
+//!   releases it, as Locktopus does; a server shutdown releases at once.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use shardlock::{LockError, OwnedPathGuard};
+
+use crate::namespace::Member;
+use crate::protocol::{lock_set, Command, ProtocolError, Session, State, PROTOCOL_ERROR_CLOSE};
+use crate::Shared;
+
+type Pending = Pin<Box<dyn Future<Output = Result<OwnedPathGuard, LockError>> + Send>>;
+
+/// A request the connection holds or waits for, and what it counts.
+struct Request {
+    resources: u64,
+    segments: u64,
+    asked: Instant,
+}
+
+struct Held {
+    guard: OwnedPathGuard,
+    request: Request,
+    since: Instant,
+}
+
+/// Why the loop ended.
+enum End {
+    /// The peer closed, dropped, or went silent.
+    Gone,
+    /// A protocol error (already reported to the peer).
+    Error,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Serves one connection until it ends.
+pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, abandon: Duration) {
+    let ns = member.namespace().clone();
+    let limits = shared.config.limits();
+    let mut session = Session::default();
+    let mut pending: Option<(Pending, Request)> = None;
+    let mut held: Option<Held> = None;
+    let mut shutdown = shared.shutdown.subscribe();
+    let keepalive = shared.config.keepalive();
+    let mut ping = tokio::time::interval(keepalive);
+    ping.tick().await;
+    let mut heard = Instant::now();
+    let log_locks = shared.config.log_locks;
+
+    let end = loop {
+        let granted = async {
+            match &mut pending {
+                Some((future, _)) => future.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = socket.recv() => {
+                heard = Instant::now();
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ProtocolError::new(crate::protocol::ErrorKind::BinaryFrame, "binary frames are not supported");
+                        fail(&mut socket, &shared, e).await;
+                        break End::Error;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                };
+                let command = session.on_text(text.as_str(), &limits, || ns.next_id());
+                match command {
+                    Err(e) => {
+                        fail(&mut socket, &shared, e).await;
+                        break End::Error;
+                    }
+                    Ok(Command::Lock { id, resources }) => {
+                        let request = Request {
+                            resources: resources.len() as u64,
+                            segments: resources.iter().map(|(_, p)| p.len() as u64).sum(),
+                            asked: Instant::now(),
+                        };
+                        if log_locks {
+                            tracing::info!(namespace = member.name(), id, ?resources, "lock");
+                        }
+                        let mut future: Pending = Box::pin(ns.lock.lock_owned_async(lock_set(&resources)));
+                        // One poll fixes the request's place in line and
+                        // tells whether it is granted at once.
+                        let first = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                        match first {
+                            Poll::Ready(guard) => {
+                                let guard = guard.expect("a lock has resources");
+                                shared.metrics.lock_wait.observe(request.asked.elapsed());
+                                count(&ns, &request, Where::Held);
+                                held = Some(Held { guard, request, since: Instant::now() });
+                                if send(&mut socket, session.acquired()).await.is_err() {
+                                    break End::Gone;
+                                }
+                            }
+                            Poll::Pending => {
+                                count(&ns, &request, Where::Waiting);
+                                pending = Some((future, request));
+                                if send(&mut socket, session.enqueued()).await.is_err() {
+                                    break End::Gone;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Command::Release { id, was }) => {
+                        if log_locks {
+                            tracing::info!(namespace = member.name(), id, ?was, "release");
+                        }
+                        release(&ns, &shared, pending.take().map(|(_, r)| r), held.take());
+                        if send(&mut socket, session.released()).await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                }
+            }
+            guard = granted => {
+                let (_, request) = pending.take().expect("granted means pending");
+                let guard = guard.expect("a lock has resources");
+                shared.metrics.lock_wait.observe(request.asked.elapsed());
+                uncount(&ns, &request, Where::Waiting);
+                count(&ns, &request, Where::Held);
+                held = Some(Held { guard, request, since: Instant::now() });
+                if send(&mut socket, session.acquired()).await.is_err() {
+                    break End::Gone;
+                }
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() > keepalive * 2 {
+                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
+                    break End::Gone;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break End::Gone;
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() })))
+                    .await;
+                break End::Shutdown;
+            }
+        }
+    };
+
+    // A waiting request is withdrawn at once, whatever ended the session.
+    if let Some((future, request)) = pending.take() {
+        drop(future);
+        uncount(&ns, &request, Where::Waiting);
+    }
+    let Some(held) = held else { return };
+    if matches!(end, End::Shutdown) || abandon.is_zero() || *shared.shutdown.borrow() {
+        release(&ns, &shared, None, Some(held));
+        return;
+    }
+    debug_assert_eq!(session.state(), State::Acquired);
+    // Held while the connection ended: keep it for the abandon timeout.
+    shared.metrics.abandoned_locks.fetch_add(1, Relaxed);
+    let keep = member.keep_for_lock();
+    let mut stop = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(abandon) => {}
+            _ = stop.changed() => {}
+        }
+        release(keep.namespace(), &shared, None, Some(held));
+        drop(keep);
+    });
+}
+
+/// Where a request is, for the namespace's counters.
+#[derive(Clone, Copy)]
+enum Where {
+    Waiting,
+    Held,
+}
+
+/// Counts a request's resources (as waiting or held) and its segments in.
+fn count(ns: &crate::namespace::Namespace, r: &Request, place: Where) {
+    match place {
+        Where::Waiting => ns.resources_pending.fetch_add(r.resources, Relaxed),
+        Where::Held => ns.resources_held.fetch_add(r.resources, Relaxed),
+    };
+    ns.segments_live.fetch_add(r.segments, Relaxed);
+}
+
+/// The inverse of [`count`].
+fn uncount(ns: &crate::namespace::Namespace, r: &Request, place: Where) {
+    match place {
+        Where::Waiting => ns.resources_pending.fetch_sub(r.resources, Relaxed),
+        Where::Held => ns.resources_held.fetch_sub(r.resources, Relaxed),
+    };
+    ns.segments_live.fetch_sub(r.segments, Relaxed);
+}
+
+/// Withdraws a waiting request (already dropped) and releases a held one.
+fn release(
+    ns: &crate::namespace::Namespace,
+    shared: &Shared,
+    waiting: Option<Request>,
+    held: Option<Held>,
+) {
+    if let Some(request) = waiting {
+        uncount(ns, &request, Where::Waiting);
+    }
+    if let Some(held) = held {
+        shared.metrics.lock_hold.observe(held.since.elapsed());
+        uncount(ns, &held.request, Where::Held);
+        drop(held.guard);
+    }
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+    socket.send(Message::Text(text.into())).await
+}
+
+/// Reports a protocol error and closes with code 3000.
+async fn fail(socket: &mut WebSocket, shared: &Shared, e: ProtocolError) {
+    shared.metrics.protocol_error(e.kind);
+    let _ = send(socket, e.frame()).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: PROTOCOL_ERROR_CLOSE,
+            reason: "".into(),
+        })))
+        .await;
+}

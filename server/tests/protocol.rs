@@ -1,0 +1,408 @@
+//! shardlock-server over loopback, driven by the Rust client and plain
+//! HTTP: every state transition and error path, conflicts across
+//! connections, hand-off, abandon timeouts, namespaces, stats, metrics,
+//! auth, limits and graceful shutdown.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shardlock_client::{Client, Error, Frame, Mode, State};
+use shardlock_server::config::Config;
+use tokio::sync::oneshot;
+
+/// A server on a free loopback port, stopped (and awaited) by `stop`.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(args: &[&str]) -> Server {
+        let mut argv = vec!["shardlock-server", "--port", "0"];
+        argv.extend_from_slice(args);
+        let config = <Config as clap::Parser>::parse_from(argv);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (bound_tx, bound) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            shardlock_server::run(
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+                |a| {
+                    let _ = bound_tx.send(a);
+                },
+            )
+            .await
+            .unwrap();
+        });
+        Server {
+            addr: bound.await.unwrap(),
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ws://{}/v1?{query}", self.addr)
+    }
+
+    async fn client(&self, query: &str) -> Client {
+        Client::connect(&self.url(query)).await.expect("connect")
+    }
+
+    /// GET `path`: status and body (blocking client, off the runtime).
+    async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.addr);
+        tokio::task::spawn_blocking(move || match ureq::get(&url).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stats(&self, ns: &str) -> serde_json::Value {
+        let (status, body) = self.get(&format!("/stats_v1?namespace={ns}")).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls `check` until it holds (bounded: 10 s).
+    async fn until(&self, what: &str, mut check: impl AsyncFnMut(&Server) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check(self).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.done)
+            .await
+            .expect("the server stops within its drain bound")
+            .unwrap();
+    }
+}
+
+const W: Mode = Mode::Write;
+const R: Mode = Mode::Read;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_byte_exact_and_enqueued_locks_are_pushed_acquired() {
+    let server = Server::start(&[]).await;
+    let mut a = server.client("namespace=ns").await;
+    a.send_raw(r#"{"action":"lock","resources":[{"type":"write","path":["a"]}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.recv_raw().await.unwrap(),
+        Frame::Text("{\"id\":\"1\",\"action\":\"lock\",\"state\":\"acquired\"}\n".into())
+    );
+    // A read under a's subtree conflicts: enqueued, then pushed acquired.
+    let mut b = server.client("namespace=ns").await;
+    let reply = b.lock(&[(R, &["a", "b"])]).await.unwrap();
+    assert_eq!((reply.id, reply.state), (2, State::Enqueued));
+    // A sibling does not conflict.
+    let mut c = server.client("namespace=ns").await;
+    assert_eq!(c.lock(&[(W, &["z"])]).await.unwrap().state, State::Acquired);
+    a.send_raw(r#"{"action":"release"}"#).await.unwrap();
+    assert_eq!(
+        a.recv_raw().await.unwrap(),
+        Frame::Text("{\"id\":\"1\",\"action\":\"release\",\"state\":\"ready\"}\n".into())
+    );
+    assert_eq!(
+        b.recv_raw().await.unwrap(),
+        Frame::Text("{\"id\":\"2\",\"action\":\"lock\",\"state\":\"acquired\"}\n".into())
+    );
+    // After a release, lock again.
+    assert_eq!(a.lock(&[(W, &["q"])]).await.unwrap().id, 4);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_off_is_fifo_and_a_release_while_enqueued_withdraws_at_once() {
+    let server = Server::start(&[]).await;
+    let mut holder = server.client("namespace=f").await;
+    holder.lock(&[(W, &["x"])]).await.unwrap();
+    let mut first = server.client("namespace=f").await;
+    let mut quitter = server.client("namespace=f").await;
+    let mut second = server.client("namespace=f").await;
+    assert_eq!(
+        first.lock(&[(W, &["x"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    assert_eq!(
+        quitter.lock(&[(W, &["x"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    assert_eq!(
+        second.lock(&[(R, &["x", "y"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    // The quitter withdraws: it never gets the lock, nor blocks anyone.
+    let reply = quitter.release().await.unwrap();
+    assert_eq!((reply.id, reply.state), (3, State::Ready));
+    assert_eq!(server.stats("f").await["GroupsPending"], 2);
+    holder.release().await.unwrap();
+    assert_eq!(first.acquired().await.unwrap().id, 2);
+    first.release().await.unwrap();
+    assert_eq!(second.acquired().await.unwrap().id, 4);
+    second.release().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_answer_communication_error_and_close_3000() {
+    let server = Server::start(&[
+        "--max-resources",
+        "2",
+        "--max-path-depth",
+        "2",
+        "--max-segment-bytes",
+        "4",
+    ])
+    .await;
+    let lock_a = r#"{"action":"lock","resources":[{"type":"write","path":["a"]}]}"#;
+    let cases: &[(&[&str], &str)] = &[
+        (&["{"], "cannot parse message"),
+        (&[r#"{"action":"unlock"}"#], "invalid action: unlock"),
+        (
+            &[r#"{"action":"lock","resources":[{"type":"x","path":[]}]}"#],
+            "invalid lock type: x",
+        ),
+        (
+            &[r#"{"action":"release"}"#],
+            "invalid action [release] in state [ready]",
+        ),
+        (
+            &[lock_a, lock_a],
+            "invalid action [lock] in state [acquired]",
+        ),
+        (
+            &[r#"{"action":"lock","resources":[]}"#],
+            "a lock needs at least one resource",
+        ),
+        (
+            &[
+                r#"{"action":"lock","resources":[{"type":"r","path":["a"]},{"type":"r","path":["b"]},{"type":"r","path":["c"]}]}"#,
+            ],
+            "too many resources",
+        ),
+        (
+            &[r#"{"action":"lock","resources":[{"type":"r","path":["a","b","c"]}]}"#],
+            "path too deep",
+        ),
+        (
+            &[r#"{"action":"lock","resources":[{"type":"r","path":["abcde"]}]}"#],
+            "path segment too long",
+        ),
+    ];
+    for (i, (frames, message)) in cases.iter().enumerate() {
+        let mut c = server
+            .client(&format!("namespace=e{i}&abandon-timeout-ms=0"))
+            .await;
+        let mut last = None;
+        for frame in *frames {
+            c.send_raw(frame).await.unwrap();
+            last = Some(c.recv_raw().await.unwrap());
+        }
+        match last.unwrap() {
+            Frame::Text(t) => assert!(
+                t.starts_with("communication error: ") && t.contains(message),
+                "{frames:?}: {t}"
+            ),
+            other => panic!("{frames:?}: {other:?}"),
+        }
+        assert_eq!(
+            c.recv_raw().await.unwrap(),
+            Frame::Close(Some(3000)),
+            "{frames:?}"
+        );
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("shardlock_protocol_errors_total{kind=\"wrong_state\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shardlock_protocol_errors_total{kind=\"limit\"} 3"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_for_bad_connection_parameters() {
+    let server = Server::start(&[]).await;
+    for query in [
+        "",
+        "namespace=",
+        "namespace=a&abandon-timeout-ms=-1",
+        "namespace=a&abandon-timeout-ms=x",
+    ] {
+        match Client::connect(&server.url(query)).await {
+            Err(Error::WebSocket(tokio_tungstenite_error)) => {
+                let text = tokio_tungstenite_error.to_string();
+                assert!(text.contains("400"), "{query}: {text}");
+            }
+            Err(e) => panic!("{query}: {e}"),
+            Ok(_) => panic!("{query}: connected"),
+        }
+    }
+    let (status, body) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("/v1"), "{body}");
+    assert_eq!(server.get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(server.get("/stats_v1?namespace=none").await.0, 404);
+    assert_eq!(server.get("/stats_v1").await.0, 400);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_or_dropped_holder_keeps_its_lock_for_the_abandon_timeout() {
+    let server = Server::start(&[]).await;
+    for abrupt in [false, true] {
+        let ns = if abrupt { "drop" } else { "close" };
+        // abandon-timeout-ms=0: released as soon as the connection ends.
+        let mut quick = server
+            .client(&format!("namespace={ns}&abandon-timeout-ms=0"))
+            .await;
+        quick.lock(&[(W, &["k"])]).await.unwrap();
+        let mut waiter = server.client(&format!("namespace={ns}")).await;
+        assert_eq!(
+            waiter.lock(&[(W, &["k"])]).await.unwrap().state,
+            State::Enqueued
+        );
+        if abrupt {
+            quick.abort()
+        } else {
+            quick.close().await.unwrap()
+        }
+        waiter.acquired().await.unwrap();
+        waiter.release().await.unwrap();
+        // A long timeout: the lock outlives the connection...
+        let mut slow = server
+            .client(&format!("namespace={ns}&abandon-timeout-ms=600000"))
+            .await;
+        slow.lock(&[(W, &["k"])]).await.unwrap();
+        if abrupt {
+            slow.abort()
+        } else {
+            slow.close().await.unwrap()
+        }
+        let mut blocked = server.client(&format!("namespace={ns}")).await;
+        assert_eq!(
+            blocked.lock(&[(W, &["k"])]).await.unwrap().state,
+            State::Enqueued
+        );
+        server
+            .until("the slow session to end", async |s| {
+                let (_, m) = s.get("/metrics").await;
+                m.contains(&format!(
+                    "shardlock_abandoned_locks_total {}",
+                    if abrupt { 2 } else { 1 }
+                ))
+            })
+            .await;
+        let stats = server.stats(ns).await;
+        assert_eq!(
+            (
+                stats["GroupsAcquired"].as_u64(),
+                stats["GroupsPending"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+        blocked.release().await.unwrap(); // withdraws; the abandoned lock stays
+    }
+    // A shutdown releases abandoned locks at once.
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_disconnects_is_withdrawn_at_once_and_namespaces_are_isolated() {
+    let server = Server::start(&[]).await;
+    let mut holder = server.client("namespace=w").await;
+    holder.lock(&[(W, &[] as &[&str])]).await.unwrap(); // the whole namespace
+    let mut waiter = server.client("namespace=w").await;
+    assert_eq!(
+        waiter.lock(&[(R, &["a"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    waiter.abort();
+    server
+        .until("the waiter to be withdrawn", async |s| {
+            s.stats("w").await["GroupsPending"] == 0
+        })
+        .await;
+    // Another namespace is another lock space.
+    let mut other = server.client("namespace=w2").await;
+    assert_eq!(
+        other.lock(&[(W, &[] as &[&str])]).await.unwrap().state,
+        State::Acquired
+    );
+    let stats = server.stats("w").await;
+    assert_eq!(stats["GroupsAcquired"], 1);
+    assert_eq!(stats["LocksAcquired"], 1);
+    assert_eq!(stats["LastGroupID"], 2);
+    holder.release().await.unwrap();
+    other.release().await.unwrap();
+    drop((holder, other));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_tokens_connection_limits_and_metrics() {
+    let server = Server::start(&["--auth-token", "s3cret", "--max-connections", "2"]).await;
+    assert!(
+        Client::connect(&server.url("namespace=a")).await.is_err(),
+        "no token"
+    );
+    assert!(
+        Client::connect_with_token(&server.url("namespace=a"), Some("wrong"))
+            .await
+            .is_err()
+    );
+    let _one = Client::connect_with_token(&server.url("namespace=a"), Some("s3cret"))
+        .await
+        .unwrap();
+    let _two = Client::connect(&server.url("namespace=a&token=s3cret"))
+        .await
+        .unwrap();
+    match Client::connect(&server.url("namespace=a&token=s3cret")).await {
+        Err(Error::WebSocket(e)) => assert!(e.to_string().contains("503"), "{e}"),
+        other => panic!("a third connection: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(server.get("/metrics").await.0, 401);
+    assert_eq!(server.get("/stats_v1?namespace=a").await.0, 401);
+    let (status, metrics) = server.get("/metrics?token=s3cret").await;
+    assert_eq!(status, 200);
+    for line in [
+        "shardlock_connections 2",
+        "shardlock_namespaces 1",
+        "shardlock_connections_rejected_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    assert!(metrics.contains("# TYPE shardlock_lock_wait_seconds histogram"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sessions_with_1001_and_releases_their_locks() {
+    let server = Server::start(&[]).await;
+    let mut holder = server.client("namespace=s&abandon-timeout-ms=600000").await;
+    holder.lock(&[(W, &["a"])]).await.unwrap();
+    let mut waiter = server.client("namespace=s").await;
+    waiter.lock(&[(W, &["a"])]).await.unwrap();
+    let closing = tokio::spawn(async move { (holder.recv_raw().await, waiter.recv_raw().await) });
+    server.stop().await;
+    let (a, b) = closing.await.unwrap();
+    assert_eq!(a.unwrap(), Frame::Close(Some(1001)));
+    assert_eq!(b.unwrap(), Frame::Close(Some(1001)));
+}
