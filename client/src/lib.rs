@@ -25,6 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The read buffer of a connection: v1 frames are small.
+const READ_BUFFER: usize = 4096;
+
 /// How a resource is locked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -117,7 +120,12 @@ impl Client {
                 .map_err(|_| Error::Unexpected("token is not a valid header value".into()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        // Small frames: a small read buffer (tungstenite zeroes the unused
+        // part on every read), and no Nagle delay.
+        let config =
+            tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(Client {
             ws,
             state: State::Ready,
