@@ -1,0 +1,159 @@
+//! A bounded soak: 64 clients on a small tree take random lock sets,
+//! release them, and drop their connections abruptly while holding or
+//! waiting. A ghost checker on the client side panics if two holders ever
+//! conflict; at the end nothing is held or waiting, every session and
+//! namespace is gone, and no abandoned lock's task is left.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use shardlock_client::{Client, Mode, State};
+use shardlock_server::config::Config;
+
+type Resource = (Mode, Vec<&'static str>);
+
+fn conflicts(a: &[Resource], b: &[Resource]) -> bool {
+    a.iter().any(|(ma, pa)| {
+        b.iter().any(|(mb, pb)| {
+            let n = pa.len().min(pb.len());
+            (*ma == Mode::Write || *mb == Mode::Write) && pa[..n] == pb[..n]
+        })
+    })
+}
+
+/// Who holds what, as the clients were told.
+#[derive(Default)]
+struct Ghost(Mutex<Vec<(usize, Vec<Resource>)>>);
+
+impl Ghost {
+    fn enter(&self, who: usize, set: &[Resource]) {
+        let mut held = self.0.lock().unwrap();
+        if let Some((other, theirs)) = held.iter().find(|(_, h)| conflicts(h, set)) {
+            panic!("client {who} got {set:?} while client {other} holds {theirs:?}");
+        }
+        held.push((who, set.to_vec()));
+    }
+
+    fn leave(&self, who: usize) {
+        self.0.lock().unwrap().retain(|(w, _)| *w != who);
+    }
+}
+
+fn random_set(rng: &mut impl Rng) -> Vec<Resource> {
+    const SEGMENTS: [&str; 2] = ["a", "b"];
+    (0..rng.gen_range(1..=3))
+        .map(|_| {
+            let depth = rng.gen_range(0..=2);
+            let path = (0..depth).map(|_| SEGMENTS[rng.gen_range(0..2)]).collect();
+            let mode = if rng.gen_bool(0.6) {
+                Mode::Read
+            } else {
+                Mode::Write
+            };
+            (mode, path)
+        })
+        .collect()
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_lock_release_and_vanish() {
+    let config = <Config as clap::Parser>::parse_from([
+        "shardlock-server",
+        "--port",
+        "0",
+        "--keepalive-interval",
+        "200",
+    ]);
+    let (bound_tx, bound) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shardlock_server::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        |a| {
+            let _ = bound_tx.send(a);
+        },
+    ));
+    let addr = bound.await.unwrap();
+    let ghost = Arc::new(Ghost::default());
+    let clients: Vec<_> = (0..64usize)
+        .map(|who| {
+            let ghost = ghost.clone();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(who as u64);
+                // Some sessions leave abandoned locks behind for a moment.
+                let url = format!(
+                    "ws://{addr}/v1?namespace=soak&abandon-timeout-ms={}",
+                    if who % 4 == 0 { 30 } else { 0 }
+                );
+                let mut client = Client::connect(&url).await.unwrap();
+                for _ in 0..25 {
+                    let set = random_set(&mut rng);
+                    let request: Vec<(Mode, &[&str])> =
+                        set.iter().map(|(m, p)| (*m, p.as_slice())).collect();
+                    let reply = client.lock(&request).await.unwrap();
+                    if reply.state == State::Enqueued {
+                        if rng.gen_bool(0.1) {
+                            client.abort(); // vanish while waiting
+                            client = Client::connect(&url).await.unwrap();
+                            continue;
+                        }
+                        tokio::time::timeout(Duration::from_secs(30), client.acquired())
+                            .await
+                            .expect("a grant never came: lost hand-off or deadlock")
+                            .unwrap();
+                    }
+                    ghost.enter(who, &set);
+                    tokio::task::yield_now().await;
+                    ghost.leave(who);
+                    if rng.gen_bool(0.1) {
+                        client.abort(); // vanish while holding
+                        client = Client::connect(&url).await.unwrap();
+                    } else {
+                        client.release().await.unwrap();
+                    }
+                }
+                client.close().await.unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("a client failed");
+    }
+    // Everything drains: abandoned locks time out, sessions end, the
+    // namespace is dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = get(addr, "/metrics").await;
+        let drained = [
+            "shardlock_connections 0",
+            "shardlock_namespaces 0",
+            "shardlock_locks_held 0",
+            "shardlock_locks_waiting 0",
+        ]
+        .iter()
+        .all(|line| metrics.lines().any(|l| l == *line));
+        if drained {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "did not drain:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
