@@ -62,13 +62,26 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
     let log_locks = shared.config.log_locks;
 
     let end = loop {
+        // A session that starts while the server is already stopping has
+        // seen the flag's last change: check it, not just its changes.
+        if *shared.shutdown.borrow() {
+            let _ = close(&mut socket, 1001, "server shutting down").await;
+            break End::Shutdown;
+        }
         let granted = async {
             match &mut pending {
                 Some((future, _)) => future.await,
                 None => std::future::pending().await,
             }
         };
+        // Biased: once the server stops, a session closes rather than
+        // report a grant its neighbours' shutdown releases made possible.
         tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = close(&mut socket, 1001, "server shutting down").await;
+                break End::Shutdown;
+            }
             frame = socket.recv() => {
                 heard = Instant::now();
                 let text = match frame {
@@ -150,12 +163,6 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                     break End::Gone;
                 }
             }
-            _ = shutdown.changed() => {
-                let _ = socket
-                    .send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() })))
-                    .await;
-                break End::Shutdown;
-            }
         }
     };
 
@@ -234,10 +241,14 @@ async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
 async fn fail(socket: &mut WebSocket, shared: &Shared, e: ProtocolError) {
     shared.metrics.protocol_error(e.kind);
     let _ = send(socket, e.frame()).await;
-    let _ = socket
+    let _ = close(socket, PROTOCOL_ERROR_CLOSE, "").await;
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), axum::Error> {
+    socket
         .send(Message::Close(Some(CloseFrame {
-            code: PROTOCOL_ERROR_CLOSE,
-            reason: "".into(),
+            code,
+            reason: reason.into(),
         })))
-        .await;
+        .await
 }
