@@ -12,8 +12,8 @@
 //! | `MUL A B`    | A = A × B          | the same                                |
 //! | `DIV A B`    | A = A ÷ B (toward zero); **B = 0 leaves A unchanged** | the same |
 //! | `SET A 5`    | A = 5              | Write `["reg","A"]`                     |
-//! | `READ B 100` | B = memory[100]    | Write `["reg","B"]`, Read `["mem","100"]` |
-//! | `WRITE B 100`| memory[100] = B    | Write `["mem","100"]`, Read `["reg","B"]` |
+//! | `READ B 100` | B = `memory[100]`  | Write `["reg","B"]`, Read `["mem","100"]` |
+//! | `WRITE B 100`| `memory[100]` = B  | Write `["mem","100"]`, Read `["reg","B"]` |
 //!
 //! Memory starts at 0 everywhere. A snapshot takes Read `["reg"]`, so it sees
 //! every register at one instant.
