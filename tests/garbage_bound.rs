@@ -2,26 +2,13 @@
 //! the epoch is process-global, so a thread of another test pinned for a
 //! long time (a `for_each` over a big table) would hold this test's garbage
 //! back and make the bound measure the other test.
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 
 use shardlock::RouterTable;
 
-const THREADS: u64 = 4;
+mod common;
 
-fn run_threads(f: impl Fn(u64) + Send + Sync + 'static) {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (f, barrier) = (f.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                f(t)
-            })
-        })
-        .collect();
-    handles.into_iter().for_each(|h| h.join().unwrap());
-}
+use common::run_threads;
 
 /// Keys inserted before growth or shrinking stay visible throughout to a
 /// reader, and retired memory stays bounded during a long churn.

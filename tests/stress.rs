@@ -1,26 +1,13 @@
 //! Multi-thread stress tests of RouterTable (real threads; loom covers the
 //! interleavings of small cases, these cover volume).
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 
 use shardlock::RouterTable;
 
-const THREADS: u64 = 4;
+mod common;
 
-fn run_threads(f: impl Fn(u64) + Send + Sync + 'static) {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (f, barrier) = (f.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                f(t)
-            })
-        })
-        .collect();
-    handles.into_iter().for_each(|h| h.join().unwrap());
-}
+use common::{run_threads, THREADS};
 
 #[test]
 fn concurrent_increments_on_shared_keys_sum_exactly() {
