@@ -18,15 +18,34 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 
-/// The routes.
+/// The routes. `/v1`, `/stats_v1` and `/metrics` need the token (when one
+/// is configured); `/` and `/healthz` do not.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/", get(status))
         .route("/v1", get(v1))
         .route("/stats_v1", get(stats_v1))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .route("/", get(status))
         .route("/healthz", get(healthz))
         .with_state(shared)
+}
+
+/// Refuses (401) a request without the configured token.
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let params: Params = Query::try_from_uri(request.uri()).unwrap_or(Query(HashMap::new()));
+    if authorized(&shared, request.headers(), &params) {
+        next.run(request).await
+    } else {
+        text(StatusCode::UNAUTHORIZED, "missing or wrong token")
+    }
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -62,10 +81,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn unauthorized() -> Response {
-    text(StatusCode::UNAUTHORIZED, "missing or wrong token")
-}
-
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = format!(
         "shardlock-server {} (Locktopus protocol v1)\n\nAvailable API versions:\n/v1\te.g. ws://host:port/v1?namespace=default\n",
@@ -90,13 +105,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn v1(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(params): Params,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !authorized(&shared, &headers, &params) {
-        return unauthorized();
-    }
     let namespace = match params.get("namespace") {
         Some(ns) if !ns.is_empty() => ns.clone(),
         _ => {
@@ -171,14 +182,7 @@ impl Drop for SessionCount {
     }
 }
 
-async fn stats_v1(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    if !authorized(&shared, &headers, &params) {
-        return unauthorized();
-    }
+async fn stats_v1(State(shared): State<Arc<Shared>>, Query(params): Params) -> Response {
     let Some(name) = params.get("namespace").filter(|n| !n.is_empty()) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -191,14 +195,7 @@ async fn stats_v1(
     }
 }
 
-async fn metrics(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    if !authorized(&shared, &headers, &params) {
-        return unauthorized();
-    }
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
