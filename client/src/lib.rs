@@ -99,6 +99,17 @@ pub enum Frame {
     Close(Option<u16>),
 }
 
+/// How to connect, beyond the URL.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// The TLS configuration for `wss://` (a private CA, client
+    /// certificates). `None`: rustls with the webpki roots.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 /// One connection to one namespace.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -113,8 +124,18 @@ impl Client {
 
     /// Connects presenting `token` as `Authorization: Bearer <token>`.
     pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, Error> {
+        let options = Options {
+            token: token.map(str::to_owned),
+            ..Options::default()
+        };
+        Self::connect_with(url, &options).await
+    }
+
+    /// Connects to `url` (`ws://` or, with the `tls` feature, `wss://`)
+    /// with `options`.
+    pub async fn connect_with(url: &str, options: &Options) -> Result<Client, Error> {
         let mut request = url.into_client_request()?;
-        if let Some(token) = token {
+        if let Some(token) = &options.token {
             let value = format!("Bearer {token}")
                 .parse()
                 .map_err(|_| Error::Unexpected("token is not a valid header value".into()))?;
@@ -124,8 +145,20 @@ impl Client {
         // part on every read), and no Nagle delay.
         let config =
             tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        #[cfg(feature = "tls")]
+        let connector = options
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        #[cfg(not(feature = "tls"))]
+        let connector = None;
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        )
+        .await?;
         Ok(Client {
             ws,
             state: State::Ready,

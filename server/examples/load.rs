@@ -32,7 +32,8 @@ struct Args {
     /// Distinct resources (["r", "0"] .. ["r", keys-1]).
     #[arg(long, default_value_t = 1000)]
     keys: u32,
-    /// Also hold one lock (on ["long"]) for the whole run.
+    /// Also hold one lock (on ["long"], in the measured namespace) for the
+    /// whole of each measurement.
     #[arg(long)]
     long_held: bool,
 }
@@ -46,6 +47,14 @@ struct Run {
 
 async fn measure(url: &str, connections: usize, args: &Args) -> Run {
     let url = format!("{url}?namespace=load-{connections}&abandon-timeout-ms=0");
+    // The long-held lock lives in the measured namespace, beside the others.
+    let _long = if args.long_held {
+        let mut c = Client::connect(&url).await.expect("connect");
+        c.lock(&[(Mode::Write, &["long"])]).await.expect("lock");
+        Some(c)
+    } else {
+        None
+    };
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let tasks: Vec<_> = (0..connections)
@@ -115,15 +124,6 @@ async fn main() {
             ));
             format!("ws://{}/v1", rx.await.expect("the server binds"))
         }
-    };
-    let _long = if args.long_held {
-        let mut c = Client::connect(&format!("{url}?namespace=load-long"))
-            .await
-            .expect("connect");
-        c.lock(&[(Mode::Write, &["long"])]).await.expect("lock");
-        Some(c)
-    } else {
-        None
     };
     println!(
         "{url}: lock+release cycles, {} % reads over {} keys, {} s each{}",

@@ -2,15 +2,16 @@
 //! variables, so an operator swaps the binary and keeps the deployment,
 //! plus the limits, keepalive, drain, auth and TLS settings Locktopus lacks.
 use std::net::IpAddr;
-
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
 
 use crate::protocol::Limits;
 
 /// A boolean the way Locktopus reads one: `true`, `1`, `yes`, `y` (any case)
-/// are true, anything else false.
+/// are true, anything else false. `--log-clients=true`, `--log-clients false`
+/// and a bare `--log-clients` all work.
 fn truthy(s: &str) -> Result<bool, std::convert::Infallible> {
     Ok(matches!(
         s.to_ascii_lowercase().as_str(),
@@ -44,10 +45,12 @@ pub struct Config {
     #[arg(long, env = "LOCKTOPUS_STATS_INTERVAL", default_value_t = 0)]
     pub stats_interval: u64,
     /// Log client sessions (true/false).
-    #[arg(long, env = "LOCKTOPUS_LOG_CLIENTS", default_value = "false", value_parser = truthy)]
+    #[arg(long, env = "LOCKTOPUS_LOG_CLIENTS", default_value = "false", value_parser = truthy,
+        action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub log_clients: bool,
     /// Log locks and releases (true/false).
-    #[arg(long, env = "LOCKTOPUS_LOG_LOCKS", default_value = "false", value_parser = truthy)]
+    #[arg(long, env = "LOCKTOPUS_LOG_LOCKS", default_value = "false", value_parser = truthy,
+        action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub log_locks: bool,
     /// Log format.
     #[arg(long, env = "LOCKTOPUS_LOG_FORMAT", value_enum, default_value = "text")]
@@ -87,6 +90,13 @@ pub struct Config {
     /// or `?token=<token>`). Off by default, as in Locktopus.
     #[arg(long, env = "LOCKTOPUS_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// PEM certificate chain: serve TLS (`wss://`) with rustls. Needs
+    /// `--tls-key`. Off by default, as in Locktopus.
+    #[arg(long, env = "LOCKTOPUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "LOCKTOPUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,8 +122,54 @@ impl Config {
         Duration::from_millis(self.keepalive_interval.max(1))
     }
 
+    /// The TLS acceptor, when `--tls-cert`/`--tls-key` are given.
+    pub fn tls(&self) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// A configuration for tests: loopback, a free port, defaults otherwise.
     pub fn for_tests() -> Self {
         Config::parse_from(["shardlock-server", "--port", "0"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("shardlock-server").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn booleans_take_locktopus_forms() {
+        assert!(!parse(&[]).log_clients);
+        assert!(parse(&["--log-clients=true"]).log_clients);
+        assert!(parse(&["--log-clients", "yes", "--port", "1"]).log_clients);
+        assert!(parse(&["--log-locks"]).log_locks);
+        assert!(!parse(&["--log-locks=false"]).log_locks);
+        assert!(!parse(&["--log-locks", "no"]).log_locks);
+    }
+
+    #[test]
+    fn loopback_and_locktopus_defaults() {
+        let c = parse(&[]);
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.port, 9009);
+        assert_eq!(c.default_abandon_timeout, 60_000);
+        assert!(c.tls_cert.is_none());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let only_cert = ["shardlock-server", "--tls-cert", "c.pem"];
+        assert!(Config::try_parse_from(only_cert).is_err());
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let err = c.tls().err().expect("missing files are an error");
+        assert!(err.to_string().contains("c.pem"), "{err}");
     }
 }

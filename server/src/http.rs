@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 
@@ -214,18 +215,37 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Accepts connections on `listener` until `stop` resolves; then stops
+/// Serves one connection (plain or TLS) with upgrades, watched for the
+/// graceful drain.
+async fn serve_connection<S>(
+    io: S,
+    app: Router,
+    builder: &Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let _ = watcher.watch(connection.into_owned()).await;
+}
+
+/// Accepts connections on `listener` (through `tls` when given) until `stop` resolves; then stops
 /// accepting, tells every session to close (code 1001) and waits for them
 /// up to the drain timeout.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()>,
+) {
     let app = router(shared.clone());
     let mut builder = Builder::new(TokioExecutor::new());
+    let handshake = Duration::from_millis(shared.config.handshake_timeout.max(1));
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(
-            shared.config.handshake_timeout.max(1),
-        ));
+        .header_read_timeout(handshake);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -233,11 +253,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: impl Future
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
+                let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    match tls {
+                        None => serve_connection(stream, app, &builder, watcher).await,
+                        // The TLS handshake gets the same bound as the
+                        // request headers.
+                        Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, app, &builder, watcher).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        },
+                    }
                 });
             }
             () = &mut stop => break,

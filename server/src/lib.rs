@@ -7,12 +7,14 @@
 //! * [`metrics`]: Prometheus metrics.
 //! * [`http`]: routes, auth and the accept loop.
 //! * [`config`]: the command line (Locktopus's flags and env variables).
+//! * [`tls`]: optional TLS with rustls.
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
 pub mod session;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -45,11 +47,14 @@ impl Shared {
 
 /// Binds `config`'s address and serves until `stop` resolves (then drains).
 /// Calls `on_bound` with the bound address first (the port may be 0).
+/// Fails at once on unusable TLS files or an address it cannot bind.
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
     on_bound: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
+    // Bad TLS files fail the start, before the port is taken.
+    let tls = config.tls()?;
     let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
     on_bound(listener.local_addr()?);
     let shared = Shared::new(config);
@@ -69,6 +74,6 @@ pub async fn run(
             }
         });
     }
-    http::serve(listener, shared, stop).await;
+    http::serve(listener, tls, shared, stop).await;
     Ok(())
 }

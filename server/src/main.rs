@@ -33,8 +33,13 @@ async fn main() -> std::io::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    let scheme = if config.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     shardlock_server::run(config, stop_signal(), |addr| {
-        println!("shardlock-server listening on ws://{addr}/v1");
+        println!("shardlock-server listening on {scheme}://{addr}/v1");
         tracing::info!(%addr, "listening");
     })
     .await?;

@@ -406,3 +406,85 @@ async fn shutdown_closes_sessions_with_1001_and_releases_their_locks() {
     assert_eq!(a.unwrap(), Frame::Close(Some(1001)));
     assert_eq!(b.unwrap(), Frame::Close(Some(1001)));
 }
+
+/// A self-signed certificate for 127.0.0.1, written to PEM files, and a
+/// client configuration that trusts it.
+fn self_signed(name: &str) -> (String, String, std::sync::Arc<rustls::ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = std::env::temp_dir();
+    let stem = format!("shardlock-{name}-{}", std::process::id());
+    let cert = dir.join(format!("{stem}.cert.pem"));
+    let key = dir.join(format!("{stem}.key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (path(cert), path(key), std::sync::Arc::new(client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_and_bounds_the_tls_handshake() {
+    let (cert, key, trusted) = self_signed("tls");
+    let args = ["--tls-cert", &cert, "--tls-key", &key];
+    let server = Server::start(&[&args[..], &["--handshake-timeout", "300"]].concat()).await;
+    let wss = format!("wss://{}/v1?namespace=t", server.addr);
+    let options = shardlock_client::Options {
+        tls: Some(trusted),
+        ..Default::default()
+    };
+    let mut a = Client::connect_with(&wss, &options).await.expect("wss");
+    let mut b = Client::connect_with(&wss, &options).await.expect("wss");
+    assert_eq!(a.lock(&[(W, &["x"])]).await.unwrap().state, State::Acquired);
+    assert_eq!(b.lock(&[(W, &["x"])]).await.unwrap().state, State::Enqueued);
+    a.release().await.unwrap();
+    assert_eq!(b.acquired().await.unwrap().state, State::Acquired);
+    b.release().await.unwrap();
+    // An untrusted certificate and a plain-text client are refused.
+    let untrusted = Client::connect(&wss).await;
+    assert!(
+        matches!(untrusted, Err(Error::WebSocket(_))),
+        "webpki roots"
+    );
+    let plain_url = server.url("namespace=t");
+    let plain = tokio::time::timeout(Duration::from_secs(10), Client::connect(&plain_url));
+    assert!(plain.await.expect("refused, not hung").is_err());
+    // A peer that never starts its TLS handshake is cut off.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::io::AsyncReadExt::read(&mut silent, &mut buf);
+    let read = tokio::time::timeout(Duration::from_secs(10), read).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    drop((a, b));
+    server.stop().await;
+    for file in [cert, key] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[test]
+fn unusable_tls_files_fail_the_start_with_the_file_named() {
+    let (cert, _key, _) = self_signed("badkey");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = <Config as clap::Parser>::parse_from([
+        "shardlock-server",
+        "--port",
+        "0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &cert,
+    ]);
+    let err = runtime
+        .block_on(shardlock_server::run(config, async {}, |_| {}))
+        .expect_err("a certificate is not a key");
+    assert!(err.to_string().contains(&cert), "{err}");
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(_key);
+}
