@@ -90,6 +90,10 @@ pub struct Config {
     /// or `?token=<token>`). Off by default, as in Locktopus.
     #[arg(long, env = "LOCKTOPUS_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Runtime worker threads (0: one per CPU). Fewer than the CPUs leaves
+    /// room for co-located clients and shortens the latency tail there.
+    #[arg(long, env = "LOCKTOPUS_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// PEM certificate chain: serve TLS (`wss://`) with rustls. Needs
     /// `--tls-key`. Off by default, as in Locktopus.
     #[arg(long, env = "LOCKTOPUS_TLS_CERT", requires = "tls_key")]
