@@ -1,12 +1,14 @@
 # Sourced by the compatibility scripts: build shardlock-server and run it on
-# 127.0.0.1:$PORT for the length of the script.
+# 127.0.0.1:$PORT for the length of the script ($LAUNCH, if set, prefixes
+# the command, e.g. `taskset -c 0`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PORT="${PORT:-9009}"
 
 start_shardlock_server() {
     cargo build --release -q -p shardlock-server --manifest-path "$ROOT/Cargo.toml"
-    "$ROOT/target/release/shardlock-server" --port "$PORT" "$@" >"${TMPDIR:-/tmp}/shardlock-compat-$PORT.log" 2>&1 &
+    # shellcheck disable=SC2086
+    ${LAUNCH:-} "$ROOT/target/release/shardlock-server" --port "$PORT" "$@" >"${TMPDIR:-/tmp}/shardlock-compat-$PORT.log" 2>&1 &
     SERVER_PID=$!
     trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
     for _ in $(seq 100); do

@@ -5,6 +5,10 @@
 #
 #   server/compat/compare.sh [ROUNDS] [SECONDS]
 #
+# PIN=1 puts every server on CPU 0 and the load command on CPU 1 (taskset;
+# tokio and Go size their thread pools to that), so that a server's latency
+# is not its scheduling against the load's threads.
+#
 # Needs target/locktopus-server (server/compat/locktopus-e2e.sh builds it)
 # or LOCKTOPUS_BIN.
 source "$(dirname "$0")/common.sh"
@@ -15,16 +19,18 @@ LOCKTOPUS_BIN="${LOCKTOPUS_BIN:-$ROOT/target/locktopus-server}"
 cargo build --release -q -p shardlock-server --example load --example null_server --manifest-path "$ROOT/Cargo.toml"
 LOAD="$ROOT/target/release/examples/load"
 
-PORT="${PORT:-9041}" start_shardlock_server
+PIN_SERVER=() PIN_LOAD=()
+if [ "${PIN:-0}" = 1 ]; then PIN_SERVER=(taskset -c 0) PIN_LOAD=(taskset -c 1); fi
+PORT="${PORT:-9041}" LAUNCH="${PIN_SERVER[*]}" start_shardlock_server
 OURS=$PORT
 THEIRS=$((PORT + 1))
 # Locktopus logs every lock by default; `true` turns its logging *off* (the
 # flags are inverted there), to match shardlock-server's default.
-"$LOCKTOPUS_BIN" --host 127.0.0.1 --port "$THEIRS" --log-clients true --log-locks true >/dev/null 2>&1 &
+"${PIN_SERVER[@]}" "$LOCKTOPUS_BIN" --host 127.0.0.1 --port "$THEIRS" --log-clients true --log-locks true >/dev/null 2>&1 &
 LOCKTOPUS_PID=$!
 # The transport's ceiling: the same stack answering without locking.
 NULL=$((PORT + 2))
-"$ROOT/target/release/examples/null_server" --port "$NULL" >/dev/null 2>&1 &
+"${PIN_SERVER[@]}" "$ROOT/target/release/examples/null_server" --port "$NULL" >/dev/null 2>&1 &
 NULL_PID=$!
 trap 'kill $SERVER_PID $LOCKTOPUS_PID $NULL_PID 2>/dev/null || true' EXIT
 sleep 1
@@ -51,7 +57,7 @@ for round in $(seq "$ROUNDS"); do
             IFS=: read -r who port pid <<<"$server"
             before=$(cpu_ticks "$pid")
             # shellcheck disable=SC2086
-            line=$("$LOAD" --url "ws://127.0.0.1:$port/v1" --seconds "$SECONDS_EACH" $args | grep connections:)
+            line=$("${PIN_LOAD[@]}" "$LOAD" --url "ws://127.0.0.1:$port/v1" --seconds "$SECONDS_EACH" $args | grep connections:)
             after=$(cpu_ticks "$pid")
             echo "$line" | awk -v s="$who" -v n="$name" -v r="$round" -v t=$(((after - before) * TICK_US)) \
                 '{ gsub(/\(/, "", $11); print r, n, s, $1, $3, $6, $9, t / $11 }' | tee -a "$RESULTS"

@@ -5,9 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
-import client from '@locktopus/client';
+import { LocktopusClient, LOCK_TYPE, CLIENT_STATE } from '@locktopus/client';
 
-const { LocktopusClient, LOCK_TYPE, CLIENT_STATE } = client;
 const base = process.env.SERVER_URL ?? 'ws://127.0.0.1:9009';
 const url = new URL(base);
 let nsCounter = 0;
