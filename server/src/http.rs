@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -179,7 +179,7 @@ struct SessionCount(Arc<Shared>);
 impl Drop for SessionCount {
     fn drop(&mut self) {
         self.0.metrics.connections.fetch_sub(1, Relaxed);
-        self.0.sessions_done.notify_waiters();
+        self.0.closed.notify_waiters();
     }
 }
 
@@ -215,19 +215,44 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Serves one connection (plain or TLS) with upgrades, watched for the
-/// graceful drain.
-async fn serve_connection<S>(
-    io: S,
-    app: Router,
-    builder: &Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+/// Counts a connection in its HTTP phase (from accept to its upgrade or
+/// close), for the drain.
+struct HttpOpen(Arc<Shared>);
+
+impl HttpOpen {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.http_open.fetch_add(1, Relaxed);
+        HttpOpen(shared.clone())
+    }
+}
+
+impl Drop for HttpOpen {
+    fn drop(&mut self) {
+        self.0.http_open.fetch_sub(1, Relaxed);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// Serves one connection (plain or TLS) until it closes or upgrades; on
+/// shutdown, finishes the request in flight and closes.
+async fn serve_connection<S>(io: S, app: Router, builder: &Builder, shared: &Shared)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let _ = watcher.watch(connection.into_owned()).await;
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut shutdown = shared.shutdown.subscribe();
+    if !*shared.shutdown.borrow() {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = shutdown.changed() => {}
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// Accepts connections on `listener` (through `tls` when given) until `stop` resolves; then stops
@@ -240,28 +265,30 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let app = router(shared.clone());
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (WebSocket upgrades): hyper's own connection, whose
+    // header timeout runs from the first byte awaited (hyper-util's `auto`
+    // builder first waits, unbounded, for bytes to tell h1 from h2).
+    let mut builder = Builder::new();
     let handshake = Duration::from_millis(shared.config.handshake_timeout.max(1));
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
-                let tls = tls.clone();
+                let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
+                let open = HttpOpen::new(&shared);
                 tokio::spawn(async move {
+                    let shared = &open.0;
                     match tls {
-                        None => serve_connection(stream, app, &builder, watcher).await,
+                        None => serve_connection(stream, app, &builder, shared).await,
                         // The TLS handshake gets the same bound as the
                         // request headers.
                         Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => serve_connection(stream, app, &builder, watcher).await,
+                            Ok(Ok(stream)) => serve_connection(stream, app, &builder, shared).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         },
@@ -273,19 +300,15 @@ pub async fn serve(
     }
     drop(listener);
     shared.shutdown.store(true);
-    let drain = Duration::from_millis(shared.config.drain_timeout);
-    let sessions = async {
-        while shared.metrics.connections.load(Relaxed) > 0 {
-            let notified = shared.sessions_done.notified();
-            if shared.metrics.connections.load(Relaxed) == 0 {
+    let open = || shared.metrics.connections.load(Relaxed) + shared.http_open.load(Relaxed) as i64;
+    let _ = tokio::time::timeout(Duration::from_millis(shared.config.drain_timeout), async {
+        while open() > 0 {
+            let closed = shared.closed.notified();
+            if open() == 0 {
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), closed).await;
         }
-    };
-    let _ = tokio::time::timeout(drain, async {
-        sessions.await;
-        graceful.shutdown().await;
     })
     .await;
 }

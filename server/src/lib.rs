@@ -29,8 +29,11 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// Set once, when the server starts shutting down.
     pub shutdown: Watch<bool>,
-    /// Notified whenever a session ends (for the drain).
-    sessions_done: tokio::sync::Notify,
+    /// Connections accepted and not yet upgraded or closed (TLS handshake,
+    /// HTTP requests), for the drain.
+    http_open: std::sync::atomic::AtomicUsize,
+    /// Notified whenever a session or an HTTP connection ends (for the drain).
+    closed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -40,7 +43,8 @@ impl Shared {
             namespaces: Arc::default(),
             metrics: metrics::Metrics::default(),
             shutdown: Watch::new(false),
-            sessions_done: tokio::sync::Notify::new(),
+            http_open: std::sync::atomic::AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
         })
     }
 }

@@ -19,7 +19,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use shardlock::{LockError, OwnedPathGuard};
 
 use crate::namespace::Member;
-use crate::protocol::{lock_set, Command, ProtocolError, Session, State, PROTOCOL_ERROR_CLOSE};
+use crate::protocol::{
+    lock_set, Command, ErrorKind, ProtocolError, Session, State, PROTOCOL_ERROR_CLOSE,
+};
 use crate::Shared;
 
 type Pending = Pin<Box<dyn Future<Output = Result<OwnedPathGuard, LockError>> + Send>>;
@@ -87,11 +89,17 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
-                        let e = ProtocolError::new(crate::protocol::ErrorKind::BinaryFrame, "binary frames are not supported");
+                        let e = ProtocolError::new(ErrorKind::BinaryFrame, "binary frames are not supported");
                         fail(&mut socket, &shared, e).await;
                         break End::Error;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Err(e)) if too_long(&e) => {
+                        let max = shared.config.max_message_bytes;
+                        let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
+                        fail(&mut socket, &shared, e).await;
+                        break End::Error;
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
                 };
                 let command = session.on_text(text.as_str(), &limits, || ns.next_id());
@@ -231,6 +239,16 @@ fn release(
         uncount(ns, &held.request, Where::Held);
         drop(held.guard);
     }
+}
+
+/// Whether a read failed on `--max-message-bytes` (the WebSocket layer's
+/// limit, so that an oversized message is never buffered whole).
+fn too_long(e: &axum::Error) -> bool {
+    use tungstenite::error::{CapacityError, Error};
+    matches!(
+        std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>()),
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
+    )
 }
 
 async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {

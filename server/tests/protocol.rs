@@ -488,3 +488,73 @@ fn unusable_tls_files_fail_the_start_with_the_file_named() {
     let _ = std::fs::remove_file(&cert);
     let _ = std::fs::remove_file(_key);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_namespace_handshake_and_keepalive_limits() {
+    let server = Server::start(&[
+        "--max-message-bytes",
+        "200",
+        "--max-connections-per-namespace",
+        "2",
+        "--handshake-timeout",
+        "300",
+        "--keepalive-interval",
+        "100",
+    ])
+    .await;
+    // An oversized message is a protocol error, not a silent drop.
+    let mut big = server.client("namespace=big").await;
+    let path = "x".repeat(150);
+    let frame =
+        format!(r#"{{"action":"lock","resources":[{{"type":"w","path":["{path}","{path}"]}}]}}"#);
+    big.send_raw(&frame).await.unwrap();
+    match big.recv_raw().await.unwrap() {
+        Frame::Text(t) => assert_eq!(t, "communication error: message longer than 200 bytes"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(big.recv_raw().await.unwrap(), Frame::Close(Some(3000)));
+    // Two sessions per namespace; a third is refused there, not elsewhere.
+    let _one = server.client("namespace=full").await;
+    let _two = server.client("namespace=full").await;
+    match Client::connect(&server.url("namespace=full")).await {
+        Err(Error::WebSocket(e)) => assert!(e.to_string().contains("503"), "{e}"),
+        other => panic!("a third session: {:?}", other.map(|_| ())),
+    }
+    let _elsewhere = server.client("namespace=other").await;
+    // A peer that never sends its request headers is cut off.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::io::AsyncReadExt::read(&mut silent, &mut buf);
+    let read = tokio::time::timeout(Duration::from_secs(10), read).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "cut off: {read:?}");
+    // A holder that stops answering pings is found dead, and its lock
+    // (abandon timeout 0) goes to the next in line.
+    let mut mute = server.client("namespace=ka&abandon-timeout-ms=0").await;
+    mute.lock(&[(W, &["job"])]).await.unwrap();
+    let mut next = server.client("namespace=ka").await;
+    assert_eq!(
+        next.lock(&[(W, &["job"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    let granted = tokio::time::timeout(Duration::from_secs(10), next.acquired()).await;
+    assert_eq!(
+        granted
+            .expect("granted once the mute peer is dead")
+            .unwrap()
+            .state,
+        State::Acquired
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    // The idle sessions above stopped reading too, so they count as well.
+    assert!(
+        metrics.contains("shardlock_dead_peers_total ")
+            && !metrics.contains("shardlock_dead_peers_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shardlock_protocol_errors_total{kind=\"limit\"} 1"),
+        "{metrics}"
+    );
+    drop(mute);
+    server.stop().await;
+}
