@@ -59,7 +59,12 @@ pub async fn run(
 ) -> std::io::Result<()> {
     // Bad TLS files fail the start, before the port is taken.
     let tls = config.tls()?;
-    let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+    let listener = tokio::net::TcpListener::bind((config.host, config.port))
+        .await
+        .map_err(|e| {
+            let addr = std::net::SocketAddr::from((config.host, config.port));
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?;
     on_bound(listener.local_addr()?);
     let shared = Shared::new(config);
     if shared.config.stats_interval > 0 {

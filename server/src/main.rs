@@ -21,13 +21,21 @@ async fn stop_signal() {
     tracing::info!("shutting down: draining sessions");
 }
 
-fn main() -> std::io::Result<()> {
+fn main() {
     let config = Config::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
     }
-    runtime.enable_all().build()?.block_on(serve(config))
+    let served = runtime
+        .enable_all()
+        .build()
+        .and_then(|runtime| runtime.block_on(serve(config)));
+    if let Err(e) = served {
+        // Unusable TLS files, an address in use: one clear line.
+        eprintln!("shardlock-server: {e}");
+        std::process::exit(1);
+    }
 }
 
 async fn serve(config: Config) -> std::io::Result<()> {
