@@ -80,7 +80,8 @@ pub struct Config {
     /// Time (ms) a client has to send its request headers.
     #[arg(long, env = "LOCKTOPUS_HANDSHAKE_TIMEOUT", default_value_t = 10_000)]
     pub handshake_timeout: u64,
-    /// Ping interval (ms); a peer silent for two intervals is dead.
+    /// Ping interval (ms); a peer silent for two intervals, or one that takes
+    /// no reply for two, is dead.
     #[arg(long, env = "LOCKTOPUS_KEEPALIVE_INTERVAL", default_value_t = 30_000)]
     pub keepalive_interval: u64,
     /// Time (ms) sessions get to close on shutdown before the server exits.

@@ -255,6 +255,14 @@ where
     let _ = connection.await;
 }
 
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
+}
+
 /// Accepts connections on `listener` (through `tls` when given) until `stop` resolves; then stops
 /// accepting, tells every session to close (code 1001) and waits for them
 /// up to the drain timeout.
@@ -277,7 +285,18 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    // A connection that died in the backlog: the next one.
+                    Err(e) if is_connection_error(&e) => continue,
+                    // Out of file descriptors (or memory): back off instead
+                    // of spinning on the error while sessions close.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
                 let open = HttpOpen::new(&shared);

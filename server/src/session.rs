@@ -50,14 +50,21 @@ enum End {
 }
 
 /// Serves one connection until it ends.
-pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, abandon: Duration) {
+pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, abandon: Duration) {
+    let keepalive = shared.config.keepalive();
+    // A peer that takes no reply for two keepalive intervals is as dead as
+    // one that answers no ping (its writes would otherwise block forever).
+    let mut peer = Peer {
+        socket,
+        write_timeout: keepalive * 2,
+        shared: shared.clone(),
+    };
     let ns = member.namespace().clone();
     let limits = shared.config.limits();
     let mut session = Session::default();
     let mut pending: Option<(Pending, Request)> = None;
     let mut held: Option<Held> = None;
     let mut shutdown = shared.shutdown.subscribe();
-    let keepalive = shared.config.keepalive();
     let mut ping = tokio::time::interval(keepalive);
     ping.tick().await;
     let mut heard = Instant::now();
@@ -67,7 +74,7 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
         // A session that starts while the server is already stopping has
         // seen the flag's last change: check it, not just its changes.
         if *shared.shutdown.borrow() {
-            let _ = close(&mut socket, 1001, "server shutting down").await;
+            let _ = peer.close(1001, "server shutting down").await;
             break End::Shutdown;
         }
         let granted = async {
@@ -81,23 +88,23 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                let _ = close(&mut socket, 1001, "server shutting down").await;
+                let _ = peer.close(1001, "server shutting down").await;
                 break End::Shutdown;
             }
-            frame = socket.recv() => {
+            frame = peer.socket.recv() => {
                 heard = Instant::now();
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         let e = ProtocolError::new(ErrorKind::BinaryFrame, "binary frames are not supported");
-                        fail(&mut socket, &shared, e).await;
+                        peer.fail(e).await;
                         break End::Error;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Err(e)) if too_long(&e) => {
                         let max = shared.config.max_message_bytes;
                         let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
-                        fail(&mut socket, &shared, e).await;
+                        peer.fail(e).await;
                         break End::Error;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
@@ -105,7 +112,7 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                 let command = session.on_text(text.as_str(), &limits, || ns.next_id());
                 match command {
                     Err(e) => {
-                        fail(&mut socket, &shared, e).await;
+                        peer.fail(e).await;
                         break End::Error;
                     }
                     Ok(Command::Lock { id, resources }) => {
@@ -127,14 +134,14 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                                 shared.metrics.lock_wait.observe(request.asked.elapsed());
                                 count(&ns, &request, Where::Held);
                                 held = Some(Held { guard, request, since: Instant::now() });
-                                if send(&mut socket, session.acquired()).await.is_err() {
+                                if peer.text(session.acquired()).await.is_err() {
                                     break End::Gone;
                                 }
                             }
                             Poll::Pending => {
                                 count(&ns, &request, Where::Waiting);
                                 pending = Some((future, request));
-                                if send(&mut socket, session.enqueued()).await.is_err() {
+                                if peer.text(session.enqueued()).await.is_err() {
                                     break End::Gone;
                                 }
                             }
@@ -145,7 +152,7 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                             tracing::info!(namespace = member.name(), id, ?was, "release");
                         }
                         release(&ns, &shared, pending.take().map(|(_, r)| r), held.take());
-                        if send(&mut socket, session.released()).await.is_err() {
+                        if peer.text(session.released()).await.is_err() {
                             break End::Gone;
                         }
                     }
@@ -158,7 +165,7 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                 uncount(&ns, &request, Where::Waiting);
                 count(&ns, &request, Where::Held);
                 held = Some(Held { guard, request, since: Instant::now() });
-                if send(&mut socket, session.acquired()).await.is_err() {
+                if peer.text(session.acquired()).await.is_err() {
                     break End::Gone;
                 }
             }
@@ -167,7 +174,7 @@ pub async fn serve(mut socket: WebSocket, member: Member, shared: Arc<Shared>, a
                     shared.metrics.dead_peers.fetch_add(1, Relaxed);
                     break End::Gone;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if peer.send(Message::Ping(Default::default())).await.is_err() {
                     break End::Gone;
                 }
             }
@@ -251,22 +258,44 @@ fn too_long(e: &axum::Error) -> bool {
     )
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
-    socket.send(Message::Text(text.into())).await
+/// The connection's socket, with every write bounded in time.
+struct Peer {
+    socket: WebSocket,
+    write_timeout: Duration,
+    shared: Arc<Shared>,
 }
 
-/// Reports a protocol error and closes with code 3000.
-async fn fail(socket: &mut WebSocket, shared: &Shared, e: ProtocolError) {
-    shared.metrics.protocol_error(e.kind);
-    let _ = send(socket, e.frame()).await;
-    let _ = close(socket, PROTOCOL_ERROR_CLOSE, "").await;
-}
+/// A write failed, or the peer took nothing for the write timeout.
+struct WriteFailed;
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), axum::Error> {
-    socket
-        .send(Message::Close(Some(CloseFrame {
+impl Peer {
+    async fn send(&mut self, message: Message) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.write_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed),
+            Err(_) => {
+                self.shared.metrics.dead_peers.fetch_add(1, Relaxed);
+                Err(WriteFailed)
+            }
+        }
+    }
+
+    async fn text(&mut self, text: String) -> Result<(), WriteFailed> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Reports a protocol error and closes with code 3000.
+    async fn fail(&mut self, e: ProtocolError) {
+        self.shared.metrics.protocol_error(e.kind);
+        let _ = self.text(e.frame()).await;
+        let _ = self.close(PROTOCOL_ERROR_CLOSE, "").await;
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), WriteFailed> {
+        let frame = CloseFrame {
             code,
             reason: reason.into(),
-        })))
-        .await
+        };
+        self.send(Message::Close(Some(frame))).await
+    }
 }

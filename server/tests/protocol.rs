@@ -558,3 +558,52 @@ async fn message_size_namespace_handshake_and_keepalive_limits() {
     drop(mute);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_and_never_reads_is_cut_off_and_its_lock_released() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&["--keepalive-interval", "100"]).await;
+    // A small receive buffer, never read: the server's replies back up
+    // until its writes block.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = server.url("namespace=flood&abandon-timeout-ms=0");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let flood = tokio::spawn(async move {
+        let lock = r#"{"action":"lock","resources":[{"type":"write","path":["f"]}]}"#;
+        let release = r#"{"action":"release"}"#;
+        // Ends when the server cuts the connection (or after 2M frames).
+        for i in 0..2_000_000u32 {
+            let frame = if i % 2 == 0 { lock } else { release };
+            if ws.send(Message::text(frame)).await.is_err() {
+                return i;
+            }
+        }
+        u32::MAX
+    });
+    // Filling the buffers takes a few seconds; then the session is cut off.
+    let sent = tokio::time::timeout(Duration::from_secs(60), flood)
+        .await
+        .expect("the flood ends once the server cuts it off")
+        .unwrap();
+    assert!(
+        sent < u32::MAX,
+        "the server kept reading a peer that never read"
+    );
+    server
+        .until("the stuck session to be cut off", async |s| {
+            let (_, metrics) = s.get("/metrics").await;
+            metrics.contains("\nshardlock_connections 0\n")
+        })
+        .await;
+    // Whatever it held is released (abandon timeout 0).
+    let mut next = server.client("namespace=flood").await;
+    let reply = next.lock(&[(W, &["f"])]).await.unwrap();
+    if reply.state == State::Enqueued {
+        let granted = tokio::time::timeout(Duration::from_secs(10), next.acquired()).await;
+        assert_eq!(granted.expect("granted").unwrap().state, State::Acquired);
+    }
+    server.stop().await;
+}
