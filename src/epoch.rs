@@ -3,8 +3,10 @@
 //! read-modify-write and no StoreLoad fence, and write only their own line.
 //!
 //! # Protocol
-//! A global epoch `E` (starting at 1) and one padded *row* per thread index
-//! (threads past the rows share a mutex-protected list instead).
+//! A global epoch `E` (starting at 1) and one padded *row* per thread index,
+//! in segments allocated as indices grow (so a pin never locks). A pin holds
+//! its index (see `thread_index`), so no other thread writes its row while
+//! it is pinned.
 //!
 //! | row value | meaning                                                   |
 //! |-----------|-----------------------------------------------------------|
@@ -46,14 +48,26 @@
 //! which runs a full memory barrier on every CPU now running one of this
 //! process's threads; the light barrier is then only a compiler fence (the
 //! pairing liburcu, folly and `seize` use). Where membarrier is missing
-//! (other systems, seccomp, miri, loom) both barriers are `fence(SeqCst)`,
-//! decided once before the first pin. loom checks this symmetric variant
+//! (other systems, a seccomp filter already in place, miri, loom), or when
+//! `SHARDLOCK_NO_MEMBARRIER=1` is set, both barriers are `fence(SeqCst)`,
+//! decided once before the first pin.
+//!
+//! If membarrier is refused *after* it was registered (a seccomp filter
+//! installed later), readers already pinned with only a compiler fence
+//! would be unprotected. folly falls back to an `mprotect` trick there, whose
+//! TLB-shootdown IPIs act as barriers on x86 but not on arm64 (which
+//! invalidates TLBs by broadcast, with no IPI); we know of no fallback that
+//! is correct everywhere, so the process stops at the first refusal with a
+//! message that names the cause and `SHARDLOCK_NO_MEMBARRIER`
+//! (`tests/membarrier_refused.rs`).
+//!
+//! loom checks the symmetric variant
 //! through the table models in `loom-tests/tests/router_table.rs` (under
 //! loom every write that retires something collects); the asymmetric one
 //! rests on the kernel's documented guarantee.
 //!
-//! Threads without a row of their own (more threads than rows, or a thread
-//! that pins from a thread-local destructor after giving its index back)
+//! A thread without an index (one that pins from a thread-local destructor
+//! after giving its index back)
 //! push their epoch into a mutex-protected list: the mutex orders them
 //! against the scan, which reads that list under the same mutex.
 //!
@@ -65,13 +79,13 @@ use std::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{fence, lock, AtomicU64, Mutex, Ordering};
+use crate::sync::{fence, lock, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread_index;
 
 struct Collector {
     epoch: CachePadded<AtomicU64>,
-    rows: Box<[CachePadded<AtomicU64>]>,
-    /// Epochs pinned by threads without a row (a multiset).
+    rows: Rows,
+    /// Epochs pinned by threads without an index (a multiset).
     overflow: Mutex<Vec<u64>>,
     /// Whether the heavy barrier is `membarrier`, so the light one may be a
     /// compiler fence. Fixed before the first pin.
@@ -81,18 +95,121 @@ struct Collector {
 crate::sync::lazy_static! {
     static ref collector: Collector = Collector {
         epoch: CachePadded::new(AtomicU64::new(1)),
-        rows: (0..rows()).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+        rows: Rows::new(),
         overflow: Mutex::new(Vec::new()),
-        asymmetric: membarrier::register(),
+        asymmetric: membarrier::wanted() && membarrier::register(),
     };
 }
 
-/// Rows for the first thread indices; later ones use the overflow list.
-fn rows() -> usize {
-    if cfg!(loom) {
-        return 2;
+type Row = CachePadded<AtomicU64>;
+
+/// Rows in the first segment; segment `s` holds `FIRST << s`.
+const FIRST: usize = if cfg!(loom) { 2 } else { 8 };
+/// Enough segments for every index below `FIRST × (2^SEGMENTS − 1)`.
+const SEGMENTS: usize = 32;
+
+/// One row per thread index, in segments that double in size and are
+/// allocated on first use and never moved or freed (until the collector
+/// is), so a row's address is stable and a pin never takes a lock.
+struct Rows {
+    segments: [AtomicPtr<Row>; SEGMENTS],
+}
+
+impl Rows {
+    fn new() -> Self {
+        Rows {
+            segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+        }
     }
-    (4 * thread_index::cpus()).clamp(8, 256)
+
+    /// The segment of `index` and the index's offset in it.
+    #[inline(always)]
+    fn locate(index: usize) -> (usize, usize) {
+        let segment = (index / FIRST + 1).ilog2() as usize;
+        (segment, index - FIRST * ((1 << segment) - 1))
+    }
+
+    /// The row of thread index `index`, allocating its segment if needed;
+    /// `None` past the last segment (or for [`thread_index::NO_INDEX`]).
+    #[inline]
+    fn get(&self, index: usize) -> Option<&Row> {
+        if index >= FIRST * ((1 << SEGMENTS) - 1) {
+            return None;
+        }
+        let (segment, offset) = Self::locate(index);
+        let base = self.segments.get(segment)?.load(Ordering::Acquire);
+        let base = if base.is_null() {
+            self.grow(segment)
+        } else {
+            base
+        };
+        // SAFETY: a non-null segment pointer came from `grow`: `FIRST <<
+        // segment` initialised rows that live as long as `self`, and
+        // `offset` is below that.
+        Some(unsafe { &*base.add(offset) })
+    }
+
+    /// Allocates segment `segment` (another thread may win the race).
+    #[cold]
+    fn grow(&self, segment: usize) -> *mut Row {
+        let rows: Box<[Row]> = (0..FIRST << segment)
+            .map(|_| CachePadded::new(AtomicU64::new(0)))
+            .collect();
+        let fresh = Box::into_raw(rows).cast::<Row>();
+        match self.segments[segment].compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` is ours alone: it lost the race and was
+                // never shared.
+                drop(unsafe { Box::from_raw(slice_of(fresh, segment)) });
+                winner
+            }
+        }
+    }
+
+    /// The rows of indices `0..end` that exist (a missing segment has no
+    /// pinned thread), each loaded with `Acquire`.
+    fn load_up_to(&self, end: usize) -> impl Iterator<Item = u64> + '_ {
+        (0..SEGMENTS)
+            .take_while(move |&s| FIRST * ((1 << s) - 1) < end)
+            .flat_map(move |s| {
+                let base = self.segments[s].load(Ordering::Acquire);
+                let start = FIRST * ((1 << s) - 1);
+                let len = if base.is_null() {
+                    0
+                } else {
+                    (FIRST << s).min(end - start)
+                };
+                (0..len).map(move |offset| {
+                    // SAFETY: as in `get`: a published segment of `FIRST <<
+                    // s` rows, and `offset` is below that.
+                    unsafe { &*base.add(offset) }.load(Ordering::Acquire)
+                })
+            })
+    }
+}
+
+/// Segment `segment`'s rows at `base`, as the boxed slice they came from.
+fn slice_of(base: *mut Row, segment: usize) -> *mut [Row] {
+    std::ptr::slice_from_raw_parts_mut(base, FIRST << segment)
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        for (s, segment) in self.segments.iter_mut().enumerate() {
+            let base = segment.load(Ordering::Relaxed);
+            if !base.is_null() {
+                // SAFETY: allocated by `grow` as a boxed slice of this
+                // length; `&mut self` means no pin uses it any more.
+                drop(unsafe { Box::from_raw(slice_of(base, s)) });
+            }
+        }
+    }
 }
 
 impl Collector {
@@ -115,10 +232,7 @@ impl Collector {
 
     /// The smallest epoch pinned now, or `u64::MAX`.
     fn min_pinned(&self) -> u64 {
-        let used = thread_index::high_water().min(self.rows.len());
-        let rows = self.rows[..used]
-            .iter()
-            .map(|row| row.load(Ordering::Acquire));
+        let rows = self.rows.load_up_to(thread_index::high_water());
         let overflow = lock(&self.overflow).iter().copied().min();
         rows.filter(|&e| e != 0)
             .chain(overflow)
@@ -150,6 +264,8 @@ pub(crate) struct Guard(Pin, PhantomData<*const ()>);
 enum Pin {
     /// Inside another pin of this thread: nothing to undo.
     Nested,
+    /// The outermost pin of a thread with an index: it holds the index
+    /// (`thread_index::taken`), so no other thread can get this row.
     Row(&'static AtomicU64),
     Overflow(u64),
 }
@@ -160,9 +276,14 @@ enum Pin {
 #[inline]
 pub(crate) fn pin() -> Guard {
     let c = collector();
-    match c.rows.get(thread_index::current()) {
+    // Held until the guard is dropped: a thread-local destructor that drops
+    // the thread's last read guard inside this pin cannot give the index
+    // (and so this row) to another thread.
+    let index = thread_index::taken();
+    match c.rows.get(index) {
         Some(row) => {
             if row.load(Ordering::Relaxed) != 0 {
+                thread_index::released();
                 return Guard(Pin::Nested, PhantomData);
             }
             let epoch = c.epoch.load(Ordering::Acquire);
@@ -170,7 +291,10 @@ pub(crate) fn pin() -> Guard {
             c.light_barrier();
             Guard(Pin::Row(row), PhantomData)
         }
-        None => pin_overflow(c),
+        None => {
+            thread_index::released();
+            pin_overflow(c)
+        }
     }
 }
 
@@ -186,7 +310,10 @@ impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
         match self.0 {
-            Pin::Row(row) => row.store(0, Ordering::Release),
+            Pin::Row(row) => {
+                row.store(0, Ordering::Release);
+                thread_index::released();
+            }
             Pin::Nested => {}
             Pin::Overflow(epoch) => unpin_overflow(epoch),
         }
@@ -259,8 +386,18 @@ impl<T> Bin<T> {
         if self.sealed.is_empty() {
             return Vec::new();
         }
-        c.heavy_barrier();
-        let oldest_pinned = c.min_pinned();
+        self.free_up_to(oldest_pinned())
+    }
+
+    /// The tag of the oldest batch sealed and not yet handed back.
+    pub(crate) fn oldest_sealed(&self) -> Option<u64> {
+        self.sealed.front().map(|&(tag, _)| tag)
+    }
+
+    /// Hands back every sealed batch with a tag up to `oldest_pinned`, which
+    /// [`oldest_pinned`] returned *after* every one of them was sealed (the
+    /// caller holds the owner's lock across both).
+    pub(crate) fn free_up_to(&mut self, oldest_pinned: u64) -> Vec<T> {
         let mut free = Vec::new();
         while let Some((tag, _)) = self.sealed.front() {
             if *tag > oldest_pinned {
@@ -272,6 +409,21 @@ impl<T> Bin<T> {
         self.len -= free.len();
         free
     }
+}
+
+/// Executes the heavy barrier, then returns the smallest epoch pinned now
+/// (`u64::MAX` if none): a batch sealed before the call with a tag up to it
+/// is unreachable (see the protocol).
+pub(crate) fn oldest_pinned() -> u64 {
+    let c = collector();
+    c.heavy_barrier();
+    c.min_pinned()
+}
+
+/// [`oldest_pinned`] without the barrier: a hint only (a pin not yet
+/// visible may be missed), to skip a barrier that could free nothing.
+pub(crate) fn oldest_pinned_hint() -> u64 {
+    collector().min_pinned()
 }
 
 /// `membarrier(2)` on Linux; elsewhere (and under miri and loom) absent.
@@ -304,10 +456,26 @@ mod membarrier {
 
         pub(crate) fn heavy() {
             // Registered before any reader pinned with a light barrier, so
-            // this cannot fail; if it ever did, readers would be unprotected.
+            // only a seccomp filter (or similar) installed since can make it
+            // fail. Readers pinned with a compiler fence alone are then
+            // unprotected, and no other barrier is known to be correct on
+            // every architecture, so stop, saying why and how to avoid it.
             if call(PRIVATE_EXPEDITED) != 0 {
-                std::process::abort();
+                refused(std::io::Error::last_os_error());
             }
+        }
+
+        #[cold]
+        fn refused(error: std::io::Error) -> ! {
+            eprintln!(
+                "shardlock: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) was refused \
+                 ({error}) after it was registered, probably by a seccomp filter \
+                 installed since; lock-free readers could be unprotected, so the \
+                 process stops. Allow membarrier(2), or set {}=1 before the \
+                 first lock to use fences instead.",
+                super::OPT_OUT
+            );
+            std::process::abort();
         }
     }
 
@@ -323,6 +491,16 @@ mod membarrier {
     }
 
     pub(crate) use imp::{heavy, register};
+
+    /// The environment variable that turns membarrier off (`1`): both
+    /// barriers are then `fence(SeqCst)`. For processes that will forbid
+    /// the system call later (a seccomp sandbox).
+    pub(crate) const OPT_OUT: &str = "SHARDLOCK_NO_MEMBARRIER";
+
+    /// Whether to try membarrier at all (see [`OPT_OUT`]).
+    pub(crate) fn wanted() -> bool {
+        !cfg!(loom) && std::env::var_os(OPT_OUT).is_none_or(|v| v != "1")
+    }
 }
 
 #[cfg(all(test, not(loom)))]

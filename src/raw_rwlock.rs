@@ -598,7 +598,7 @@ impl<'a> RawReadGuard<'a> {
     fn new(lock: &'a RawRwLock, slot: ReadSlot<'a>) -> Self {
         // The thread's index must not pass to another thread while this
         // guard can still store to its row (see `thread_index`).
-        thread_index::guard_taken();
+        let _ = thread_index::taken();
         RawReadGuard {
             lock,
             slot,
@@ -611,7 +611,7 @@ impl Drop for RawReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.lock.leave(&self.slot);
-        thread_index::guard_released();
+        thread_index::released();
     }
 }
 

@@ -97,6 +97,13 @@ fn check_frames(mut frame: *const Frame, table: usize, write: bool) -> Nesting {
     nesting
 }
 
+/// Whether this thread runs no code of any table's scope (so code run now,
+/// such as a `Drop`, may use every table freely).
+#[inline]
+pub(crate) fn outside_every_scope() -> bool {
+    innermost().is_null()
+}
+
 /// Runs `f` as a scope of `table` with `access` (see the module docs).
 #[inline]
 pub(crate) fn scoped<R>(table: usize, access: Access, f: impl FnOnce() -> R) -> R {

@@ -17,7 +17,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::epoch;
 use crate::reentrancy::{self, Access};
-use crate::sync::AtomicPtr;
+use crate::sync::{thread_locals, AtomicPtr, AtomicUsize, Ordering};
 
 mod shard;
 
@@ -34,6 +34,15 @@ fn default_shards() -> usize {
     (crate::thread_index::cpus() * 16)
         .next_power_of_two()
         .clamp(16, 256)
+}
+
+/// How often (in this thread's operations on tables with kept garbage) a
+/// thread tries to free that garbage: the bound of `# Memory`.
+const RECLAIM_EVERY: u32 = if cfg!(loom) { 1 } else { 64 };
+
+thread_locals! {
+    /// Operations left before this thread next helps reclaim.
+    static RECLAIM_COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Drops retired entries after their shard's lock is released; if a `Drop`
@@ -152,6 +161,9 @@ pub struct RouterTable<K, V, S = ahash::RandomState> {
     writers: Box<[CachePadded<Writer<K, V>>]>,
     hasher: S,
     shard_bits: u32,
+    /// Shards holding garbage that a collection kept back for a pinned
+    /// reader; while non-zero, operations help free it (see `# Memory`).
+    pending: CachePadded<AtomicUsize>,
     _owns: PhantomData<(K, V)>,
 }
 
@@ -199,6 +211,7 @@ impl<K, V, S> RouterTable<K, V, S> {
             writers: (0..shards).map(|_| Writer::new(min_slots)).collect(),
             hasher,
             shard_bits: shards.trailing_zeros(),
+            pending: CachePadded::new(AtomicUsize::new(0)),
             _owns: PhantomData,
         };
         if min_slots > 0 {
@@ -228,7 +241,61 @@ impl<K, V, S> RouterTable<K, V, S> {
 
     #[inline]
     fn lock(&self, index: usize) -> Locked<'_, K, V> {
-        self.writers[index].lock(&self.heads[index])
+        self.writers[index].lock(&self.heads[index], &self.pending)
+    }
+
+    /// After an operation: if some shard keeps garbage back for readers,
+    /// helps free it (see `# Memory`). One load of a line that changes
+    /// rarely, so reads still write nothing shared.
+    #[inline]
+    fn after_operation(&self) {
+        if self.pending.load(Ordering::Relaxed) != 0 {
+            self.help_reclaim();
+        }
+    }
+
+    /// Every [`RECLAIM_EVERY`]th call on this thread: locks the shards that
+    /// keep garbage (skipping any that is locked now), and if no reader
+    /// seems pinned before their oldest batch, executes the heavy barrier
+    /// and frees what it allows. Only outside every table's scope, so the
+    /// `Drop`s it runs may use any table.
+    #[cold]
+    #[inline(never)]
+    fn help_reclaim(&self) {
+        let due = RECLAIM_COUNTDOWN
+            .try_with(|left| match left.get() {
+                0 => {
+                    left.set(RECLAIM_EVERY - 1);
+                    true
+                }
+                n => {
+                    left.set(n - 1);
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if !due || !reentrancy::outside_every_scope() {
+            return;
+        }
+        let locked: Vec<Locked<'_, K, V>> = self
+            .writers
+            .iter()
+            .zip(self.heads.iter())
+            .filter_map(|(writer, head)| writer.try_lock_kept(head, &self.pending))
+            .collect();
+        let Some(oldest_kept) = locked.iter().filter_map(|l| l.oldest_kept()).min() else {
+            return;
+        };
+        if epoch::oldest_pinned_hint() < oldest_kept {
+            return; // a reader that may see it is still pinned
+        }
+        // After every lock, so after every kept batch was sealed.
+        let oldest_pinned = epoch::oldest_pinned();
+        let garbage: Vec<Retired<K, V>> = locked
+            .into_iter()
+            .flat_map(|shard| shard.finish_kept(oldest_pinned))
+            .collect();
+        drop_garbage(garbage);
     }
 
     /// Runs `f` pinned, inside a scope that lets user code read this table
@@ -236,8 +303,12 @@ impl<K, V, S> RouterTable<K, V, S> {
     #[inline]
     fn with_read<R>(&self, f: impl FnOnce(&epoch::Guard) -> R) -> R {
         reentrancy::check(self.id(), false);
-        let guard = epoch::pin();
-        reentrancy::scoped(self.id(), Access::Shared, || f(&guard))
+        let result = {
+            let guard = epoch::pin();
+            reentrancy::scoped(self.id(), Access::Shared, || f(&guard))
+        };
+        self.after_operation();
+        result
     }
 
     /// Runs `f` on shard `index` under its write lock, inside a scope that
@@ -249,6 +320,7 @@ impl<K, V, S> RouterTable<K, V, S> {
         let mut shard = self.lock(index);
         let result = reentrancy::scoped(self.id(), Access::Exclusive, || f(&mut shard));
         drop_garbage(shard.finish());
+        self.after_operation();
         result
     }
 
@@ -345,10 +417,18 @@ where
     /// `old` makes of it (under the write lock).
     pub(crate) fn put<R>(&self, key: K, value: V, old: impl FnOnce(&V) -> R) -> Option<R> {
         let hash = self.hash(&key);
+        // Declared before the lock is taken, so dropped after it is released
+        // even if `K::eq` panics: a key's or value's `Drop` may use the table.
+        let mut entry = Some((key, value));
         self.with_write(self.shard_of(hash), |shard| {
-            match shard.lookup(hash, |k| *k == key) {
-                Ok(i) => Some(old(&shard.replace(i, key, value).value)),
+            let key = &entry.as_ref().expect("present").0;
+            match shard.lookup(hash, |k| k == key) {
+                Ok(i) => {
+                    let (key, value) = entry.take().expect("present");
+                    Some(old(&shard.replace(i, key, value).value))
+                }
                 Err(vacant) => {
+                    let (key, value) = entry.take().expect("present");
                     shard.insert_vacant(vacant, hash, key, value);
                     None
                 }
@@ -431,27 +511,26 @@ where
         V: Clone,
     {
         let hash = self.hash(key);
+        // Declared before the lock is taken, so the clone (half-changed if
+        // `f` panicked) is dropped after it is released.
+        let mut work: Option<V> = None;
         let outcome = self.with_write(self.shard_of(hash), |shard| {
             let i = shard.lookup(hash, |k| k.borrow() == key).ok()?;
             let node = shard.node(i);
-            let mut value = node.value.clone();
-            Some(
-                match panic::catch_unwind(AssertUnwindSafe(|| f(&mut value))) {
-                    Ok(result) => {
-                        let key = node.key.clone();
-                        shard.replace(i, key, value);
-                        Ok(result)
-                    }
-                    Err(payload) => Err((value, payload)),
-                },
-            )
-        })?;
-        match outcome {
+            let value = work.insert(node.value.clone());
+            Some(match panic::catch_unwind(AssertUnwindSafe(|| f(value))) {
+                Ok(result) => {
+                    let key = node.key.clone();
+                    shard.replace(i, key, work.take().expect("present"));
+                    Ok(result)
+                }
+                Err(payload) => Err(payload),
+            })
+        });
+        drop(work);
+        match outcome? {
             Ok(result) => Some(result),
-            Err((half_changed, payload)) => {
-                drop(half_changed);
-                panic::resume_unwind(payload)
-            }
+            Err(payload) => panic::resume_unwind(payload),
         }
     }
 
@@ -511,19 +590,23 @@ where
             return value;
         }
         let hash = self.hash(&key);
-        let (value, unused_key) = self.with_write(self.shard_of(hash), |shard| {
-            let vacant = match shard.lookup(hash, |k| *k == key) {
-                Ok(i) => return (shard.node(i).value.clone(), Some(key)),
+        // Declared before the lock is taken, so dropped after it is released
+        // (the key when the table had it, or when `f` or `K::eq` panics).
+        let mut unused_key = Some(key);
+        self.with_write(self.shard_of(hash), |shard| {
+            let key = unused_key.as_ref().expect("present");
+            let vacant = match shard.lookup(hash, |k| k == key) {
+                Ok(i) => return shard.node(i).value.clone(),
                 Err(vacant) => vacant,
             };
             // `f` cannot touch this table (the scope forbids it), so `vacant`
             // stays valid.
             let value = f();
-            shard.insert_vacant(vacant, hash, key, value.clone());
-            (value, None)
-        });
-        drop(unused_key); // after the lock is released
-        value
+            let copy = value.clone();
+            let key = unused_key.take().expect("present");
+            shard.insert_vacant(vacant, hash, key, value);
+            copy
+        })
     }
 
     /// Keeps only the entries for which `f` returns `true`, one shard at a
@@ -537,29 +620,42 @@ where
         V: Clone,
     {
         for index in 0..self.heads.len() {
+            // Declared before each shard's lock is taken, so dropped after it
+            // is released: the clone being worked on, and those of rejected
+            // values (a value's `Drop` may use the table).
+            let mut current: Option<V> = None;
+            let mut rejected: Vec<V> = Vec::new();
             let panicked = self.with_write(index, |shard| {
                 for i in shard.occupied() {
                     let node = shard.node(i);
-                    let mut value = node.value.clone();
-                    match panic::catch_unwind(AssertUnwindSafe(|| f(&node.key, &mut value))) {
+                    let value = current.insert(node.value.clone());
+                    match panic::catch_unwind(AssertUnwindSafe(|| f(&node.key, value))) {
                         Ok(true) => {
                             let key = node.key.clone();
-                            shard.replace(i, key, value);
+                            shard.replace(i, key, current.take().expect("present"));
                         }
                         Ok(false) => {
                             shard.remove(i);
+                            rejected.extend(current.take());
                         }
                         Err(payload) => {
                             shard.tidy();
-                            return Some((value, payload));
+                            return Some(payload);
                         }
                     }
                 }
                 shard.tidy();
                 None
             });
-            if let Some((half_changed, payload)) = panicked {
-                drop(half_changed);
+            // The half-changed clone (if `f` panicked), then the rejected
+            // ones; every one is dropped even if a `Drop` panics.
+            let dropped = panic::catch_unwind(AssertUnwindSafe(|| {
+                crate::unwind::each_then_resume(current.into_iter().chain(rejected), drop)
+            }));
+            if let Some(payload) = panicked {
+                panic::resume_unwind(payload);
+            }
+            if let Err(payload) = dropped {
                 panic::resume_unwind(payload);
             }
         }

@@ -1,26 +1,46 @@
 //! Small, dense, reusable thread indices, and a unique thread identity.
 //!
-//! Each thread that touches a lock gets the lowest free index on first use. A
-//! lock gives the first few indices a reader slot of their own, which the
-//! owner writes with plain stores (see [`crate::raw_rwlock`]), so an index
-//! may only pass to another thread once nothing can store through it again.
+//! Each thread that touches a lock gets the lowest free index on first use.
+//! Several structures keep a *row* per index that its owner writes with
+//! plain stores: a lock's reader slots ([`crate::raw_rwlock`]), the epoch
+//! rows ([`crate::epoch`]) and a `PathLock`'s per-thread counts and last
+//! fencing ids. So an index may only pass to another thread once nothing can
+//! store through it again.
+//!
+//! # The lifetime rule for per-index rows
+//! Code that stores to a row of index `i` must *hold* `i` while it does:
+//! take a [`Hold`] (or a read guard, or an epoch pin, which hold one) first,
+//! and use the index the hold returns. An index is given back only when its
+//! thread is exiting *and* no hold remains, so:
+//!
+//! * no two threads ever store to one row at once, even when a thread-local
+//!   destructor drops a read guard in the middle of a pin;
+//! * a thread's index never changes while it holds it. Once given back, the
+//!   thread gets [`NO_INDEX`] for good (and uses each structure's shared
+//!   overflow row, with read-modify-writes). Whatever a structure keeps per
+//!   *thread* across calls (a `PathLock`'s last fencing id) must allow for
+//!   that one move from a row to the overflow row.
+//!
+//! Reentrancy scopes ([`crate::reentrancy`]) and write ownership
+//! ([`thread_id`]) are keyed by thread-locals and by the never-reused id,
+//! not by index, so the rule does not concern them.
 //!
 //! # Lifecycle of an index
 //!
 //! | state      | `index`        | meaning                                         |
 //! |------------|----------------|-------------------------------------------------|
 //! | fresh      | `UNASSIGNED`   | never used; the first [`current`] assigns one    |
-//! | live       | `i`            | this thread's; read guards count in `guards`     |
-//! | exiting    | `i`            | thread-locals are being torn down, guards remain |
-//! | given back | [`NO_INDEX`]   | no guard under `i` remains; `i` is free again     |
+//! | live       | `i`            | this thread's; holds count in `holds`            |
+//! | exiting    | `i`            | thread-locals are being torn down, holds remain  |
+//! | given back | [`NO_INDEX`]   | no hold under `i` remains; `i` is free again      |
 //!
 //! The thread-local state ([`Local`]) has no destructor, so it stays usable
 //! while other thread-locals (which may hold guards) are destroyed. A second
 //! thread-local, [`ExitHook`], exists only for its destructor: it marks the
-//! thread exiting, and gives the index back at once if no read guard taken
-//! under it is alive. Otherwise the last such guard gives it back when it is
-//! dropped ([`guard_released`]). A guard that is leaked keeps its index
-//! forever: a lost index, never a shared one.
+//! thread exiting, and gives the index back at once if no hold is alive.
+//! Otherwise the last hold gives it back when it ends ([`released`]). A
+//! guard that is leaked keeps its index forever: a lost index, never a
+//! shared one.
 //!
 //! `high_water()` bounds every index handed out so far. It only grows, and it
 //! is published (SeqCst) before the new index is ever used, so a writer that
@@ -82,8 +102,9 @@ fn give_back(index: usize) {
 /// before the thread's other thread-locals (see the module docs).
 struct Local {
     index: Cell<usize>,
-    /// Read guards alive that were taken under `index`.
-    guards: Cell<usize>,
+    /// Holds alive that were taken under `index` (read guards, pins,
+    /// [`Hold`]s).
+    holds: Cell<usize>,
     exiting: Cell<bool>,
     /// [`thread_id`], or 0 before first use.
     id: Cell<u64>,
@@ -96,7 +117,7 @@ impl Drop for ExitHook {
     fn drop(&mut self) {
         let _ = LOCAL.try_with(|local| {
             local.exiting.set(true);
-            if local.guards.get() == 0 {
+            if local.holds.get() == 0 {
                 give_back(local.index.replace(NO_INDEX));
             }
         });
@@ -107,7 +128,7 @@ thread_locals! {
     static LOCAL: Local = const {
         Local {
             index: Cell::new(UNASSIGNED),
-            guards: Cell::new(0),
+            holds: Cell::new(0),
             exiting: Cell::new(false),
             id: Cell::new(0),
         }
@@ -139,24 +160,59 @@ fn assign(local: &Local) -> usize {
     index
 }
 
-/// Records a read guard taken under this thread's (real) index, which keeps
-/// the index from being given back while the guard lives.
+/// Takes a hold on this thread's index and returns the index ([`NO_INDEX`]
+/// once it was given back): until the matching [`released`], the index
+/// stays this thread's (see the module docs).
 #[inline]
-pub(crate) fn guard_taken() {
-    let _ = LOCAL.try_with(|local| local.guards.set(local.guards.get() + 1));
+pub(crate) fn taken() -> usize {
+    LOCAL
+        .try_with(|local| {
+            local.holds.set(local.holds.get() + 1);
+            match local.index.get() {
+                UNASSIGNED => assign(local),
+                index => index,
+            }
+        })
+        .unwrap_or(NO_INDEX)
 }
 
-/// The inverse of [`guard_taken`]; the last guard of an exiting thread gives
+/// Ends a hold taken by [`taken`]; the last hold of an exiting thread gives
 /// its index back.
 #[inline]
-pub(crate) fn guard_released() {
+pub(crate) fn released() {
     let _ = LOCAL.try_with(|local| {
-        let left = local.guards.get() - 1;
-        local.guards.set(left);
+        let left = local.holds.get() - 1;
+        local.holds.set(left);
         if left == 0 && local.exiting.get() {
             give_back(local.index.replace(NO_INDEX));
         }
     });
+}
+
+/// A hold on this thread's index for a scope: the index it returns stays
+/// this thread's until the `Hold` is dropped. Not `Send`.
+#[must_use]
+pub(crate) struct Hold(usize, std::marker::PhantomData<*const ()>);
+
+impl Hold {
+    /// The held index ([`NO_INDEX`] if the thread has none any more).
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        self.0
+    }
+}
+
+/// Holds this thread's index until the returned [`Hold`] is dropped.
+#[inline]
+pub(crate) fn hold() -> Hold {
+    Hold(taken(), std::marker::PhantomData)
+}
+
+impl Drop for Hold {
+    #[inline]
+    fn drop(&mut self) {
+        released();
+    }
 }
 
 /// A never-reused, non-zero identity of this thread, available even while

@@ -138,11 +138,13 @@ impl<T> Value<T> {
     fn borrow(&self) -> Ref<T> {
         Ref(self.0.load())
     }
-    fn update(&self, mut f: impl FnMut(&T) -> Arc<T>) {
+    /// Swaps in `f(current)`; returns the entry it replaced, for the caller
+    /// to drop after notifying (its `Drop` may panic).
+    fn update(&self, mut f: impl FnMut(&T) -> Arc<T>) -> Arc<Entry<T>> {
         self.0.rcu(|current| Entry {
             version: current.version + 1,
             value: f(&current.value),
-        });
+        })
     }
 }
 
@@ -167,12 +169,13 @@ impl<T> Value<T> {
     fn borrow(&self) -> Ref<T> {
         Ref(lock(&self.0).clone())
     }
-    fn update(&self, mut f: impl FnMut(&T) -> Arc<T>) {
+    fn update(&self, mut f: impl FnMut(&T) -> Arc<T>) -> Arc<Entry<T>> {
         let mut entry = lock(&self.0);
-        *entry = Arc::new(Entry {
+        let next = Arc::new(Entry {
             version: entry.version + 1,
             value: f(&entry.value),
         });
+        std::mem::replace(&mut *entry, next)
     }
 }
 
@@ -223,19 +226,23 @@ impl<T> Watch<T> {
         self.shared.value.borrow()
     }
 
-    /// Replaces the value and notifies subscribers.
+    /// Replaces the value and notifies subscribers. The replaced value is
+    /// dropped after the notification (if no reader still holds it), so a
+    /// panicking `Drop` loses no notification.
     pub fn store(&self, value: T) {
         let value = Arc::new(value);
-        self.shared.value.update(|_| value.clone());
+        let old = self.shared.value.update(|_| value.clone());
         self.shared.publish(VERSION);
+        drop(old);
     }
 
     /// Replaces the value with `f(current)`, read-copy-update: if another
     /// store lands meanwhile, `f` runs again on the newer value. Notifies
     /// subscribers once.
     pub fn update(&self, mut f: impl FnMut(&T) -> T) {
-        self.shared.value.update(|current| Arc::new(f(current)));
+        let old = self.shared.value.update(|current| Arc::new(f(current)));
         self.shared.publish(VERSION);
+        drop(old);
     }
 
     /// The number of stores and updates so far.
@@ -386,21 +393,25 @@ impl<T> Subscriber<T> {
     /// back out before the list is unlocked), `None` if the caller should
     /// sleep.
     fn register(&mut self, waker: &Waker) -> Option<Result<Arc<T>, Closed>> {
+        // Declared before the list's guard, so dropped after it: dropping a
+        // waker may drop its task, whose `Subscriber` locks the list again.
+        let (mut replaced, mut removed): (Option<Waker>, Option<Waker>) = (None, None);
         let state = {
             let mut list = lock(&self.shared.wakers);
             match list.by_id.get_mut(&self.id) {
                 Some(w) if w.will_wake(waker) => {}
-                Some(w) => w.clone_from(waker),
+                Some(w) => replaced = Some(std::mem::replace(w, waker.clone())),
                 None => {
                     list.by_id.insert(self.id, waker.clone());
                 }
             }
             let state = self.shared.state.fetch_or(WAITERS, AcqRel);
             if state / VERSION > self.seen || state & CLOSED != 0 {
-                list.by_id.remove(&self.id);
+                removed = list.by_id.remove(&self.id);
             }
             state
         };
+        drop((replaced, removed));
         match self.outcome(state) {
             Ok(Some(value)) => Some(Ok(value)),
             Ok(None) => None,
@@ -409,7 +420,9 @@ impl<T> Subscriber<T> {
     }
 
     fn unregister(&self) {
-        lock(&self.shared.wakers).by_id.remove(&self.id);
+        // The waker is dropped after the list is unlocked (see `register`).
+        let waker = lock(&self.shared.wakers).by_id.remove(&self.id);
+        drop(waker);
     }
 }
 

@@ -34,6 +34,8 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(id) = this.queued {
+            // Cloned before locking: a waker's clone is user code.
+            let mut fresh = Some(cx.waker().clone());
             let mut queue = this.lock.lock_queue();
             if let Some(held) = this.lock.take_granted(&mut queue, id) {
                 drop(queue);
@@ -47,7 +49,9 @@ impl<L: Deref<Target = PathLock> + Unpin> Future for LockFuture<L> {
             {
                 match waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
+                    // The old one, now in `fresh`, is dropped after the
+                    // queue is unlocked (it was declared first).
+                    _ => std::mem::swap(waker, &mut fresh),
                 }
             }
             return Poll::Pending;

@@ -217,7 +217,9 @@ fn ids_exhausted() -> ! {
 /// A snapshot of a [`PathLock`]'s state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathLockStats {
-    /// Requests holding their locks.
+    /// Requests holding their locks. Never below 0 nor above the number
+    /// held at one moment during the call; exact when no request is granted
+    /// or released meanwhile.
     pub held: usize,
     /// Requests waiting in the queue.
     pub waiting: usize,
@@ -575,7 +577,7 @@ impl PathLock {
         self.nodes
             .for_each(|_, node| nodes += usize::from(!node.is_idle()));
         PathLockStats {
-            held: self.root.held_sum() as usize,
+            held: self.root.held_now() as usize,
             waiting,
             nodes,
         }
@@ -640,7 +642,8 @@ impl PathLock {
     /// list costs store-forwarding stalls.
     #[inline]
     fn fast_path(&self, plan: &Plan, held: &mut Held) -> bool {
-        let me = thread_index::current();
+        let hold = thread_index::hold(); // see `thread_index`
+        let me = hold.index();
         loop {
             let pin = epoch::pin();
             self.resolve(plan, &pin, &mut held.nodes);
@@ -653,7 +656,7 @@ impl PathLock {
                     };
                     drop(pin);
                     held.id = id;
-                    self.root.row(me).add_held(1);
+                    self.root.row(me).count_granted();
                     return true;
                 }
                 Err((refusal, saw_waiters)) => {
@@ -709,7 +712,8 @@ impl PathLock {
         // fast path's fence): our grant checks below, and every later one,
         // see the counts of a holder that did not see our flags.
         epoch::heavy_barrier();
-        let me = thread_index::current();
+        let hold = thread_index::hold(); // see `thread_index`
+        let me = hold.index();
         let floor = self.root.row(me).row.last_id.load(SeqCst);
         let seq = queue.next_seq();
         queue.waiters.insert(
@@ -925,6 +929,15 @@ impl PathLock {
     /// checks read stamps up to `floor` (see "Fencing ids"); `None` once the
     /// ids are exhausted.
     fn issue_id(&self, me: usize, floor: u64) -> Option<u64> {
+        // A thread that gave its index back (in thread-local teardown) moves
+        // from its own row to the overflow row, whose last id may be lower
+        // than its own: its ids so far went through a row whose last id only
+        // grows, so exceed every row's.
+        let floor = if me == thread_index::NO_INDEX {
+            floor.max(self.root.max_last_id())
+        } else {
+            floor
+        };
         let row = self.root.row(me);
         let tag = row.index as u64 + 1;
         let last = &row.row.last_id;
@@ -952,8 +965,9 @@ impl PathLock {
     }
 
     fn release(&self, held: &Held) {
-        let me = thread_index::current();
-        self.root.row(me).add_held(u64::MAX); // wrapping -1
+        let hold = thread_index::hold(); // see `thread_index`
+        let me = hold.index();
+        self.root.row(me).count_released();
         let waiters = {
             let _pin = epoch::pin();
             self.put_back_all(&held.nodes, me, held.id)
@@ -975,14 +989,15 @@ impl PathLock {
         let Status::Granted { floor } = queue.waiters.get(&seq)?.status else {
             return None;
         };
-        let me = thread_index::current();
+        let hold = thread_index::hold(); // see `thread_index`
+        let me = hold.index();
         let Some(id) = self.issue_id(me, floor) else {
             let waiter = &queue.waiters[&seq];
             let _pin = epoch::pin();
             self.put_back_all(&waiter.nodes, me, 0);
             // Withdraw it, or `Drop` of the future would release it again.
             queue.waiters.remove(&seq);
-            self.root.row(me).add_held(u64::MAX);
+            self.root.row(me).count_released();
             ids_exhausted();
         };
         let waiter = queue.waiters.remove(&seq).expect("present");
@@ -995,7 +1010,8 @@ impl PathLock {
     /// Grants, in sequence order, every waiter that conflicts with no earlier
     /// waiter and with nothing held; wakes them.
     fn grant_pass(&self, queue: &mut Queue) {
-        let me = thread_index::current();
+        let hold = thread_index::hold(); // see `thread_index`
+        let me = hold.index();
         let seqs: Vec<u64> = queue.waiters.keys().copied().collect();
         let mut blocked: Vec<u64> = Vec::new();
         let mut woke_blocking = false;
@@ -1024,7 +1040,7 @@ impl PathLock {
                 Status::Waiting { waker: Some(waker) } => queue.to_wake.push(waker),
                 _ => woke_blocking = true,
             }
-            self.root.row(me).add_held(1);
+            self.root.row(me).count_granted();
             queue.waiters.insert(seq, waiter);
         }
         if woke_blocking {
@@ -1041,12 +1057,17 @@ impl PathLock {
             Status::Granted { floor } => {
                 // Granted but never picked up: no id was issued; its floor
                 // is a stamp every later conflicting request exceeds anyway.
-                let me = thread_index::current();
-                self.root.row(me).add_held(u64::MAX);
+                let hold = thread_index::hold(); // see `thread_index`
+                let me = hold.index();
+                self.root.row(me).count_released();
                 let _pin = epoch::pin();
                 self.put_back_all(&waiter.nodes, me, floor);
             }
-            Status::Waiting { .. } => queue.count_out(&waiter.nodes),
+            Status::Waiting { waker } => {
+                queue.count_out(&waiter.nodes);
+                // Dropped once the queue is unlocked (see `Queue::to_drop`).
+                queue.to_drop.extend(waker);
+            }
         }
         self.grant_pass(queue);
     }

@@ -185,14 +185,16 @@ impl NodeMode {
 /// One thread row: its IS and IX counts (wrapping: a guard may be released
 /// on another thread than the one that took it, so only sums mean anything),
 /// and the largest fencing id released through it. On the root the row also
-/// holds its thread's last issued id and held-request count.
+/// holds its thread's last issued id and how many requests were granted and
+/// released through it (each only grows).
 #[derive(Debug, Default)]
 pub(crate) struct Row {
     is: AtomicU64,
     ix: AtomicU64,
     stamp: AtomicU64,
     pub(crate) last_id: AtomicU64,
-    held: AtomicU64,
+    granted: AtomicU64,
+    released: AtomicU64,
 }
 
 /// A row and whether the calling thread owns it (else it is the shared
@@ -229,9 +231,14 @@ impl RowRef<'_> {
         }
     }
 
-    /// Adds `delta` (wrapping) to the row's held-request count.
-    pub(crate) fn add_held(&self, delta: u64) {
-        self.add(&self.row.held, delta);
+    /// Counts a request granted (it now holds).
+    pub(crate) fn count_granted(&self) {
+        self.add(&self.row.granted, 1);
+    }
+
+    /// Counts a request released (or a grant withdrawn).
+    pub(crate) fn count_released(&self) {
+        self.add(&self.row.released, 1);
     }
 }
 
@@ -262,6 +269,21 @@ pub(crate) struct Node {
     /// (creations read-locked, sweeps write-locked), so it is exact in a
     /// sweep.
     children: AtomicUsize,
+}
+
+impl Drop for Node {
+    /// Drops the chain of ancestors this node alone keeps alive iteratively:
+    /// the default, recursive drop takes one stack frame per level, which a
+    /// deep path (thousands of segments) overflows.
+    fn drop(&mut self) {
+        let mut parent = self.parent.take();
+        while let Some(node) = parent {
+            parent = match Arc::try_unwrap(node) {
+                Ok(mut last_owner) => last_owner.parent.take(),
+                Err(_shared) => None,
+            };
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -340,11 +362,27 @@ impl Node {
         })
     }
 
-    /// The summed held-request counts of every row in use (the root's).
-    pub(crate) fn held_sum(&self) -> u64 {
-        crate::thread_index::rows_in_use(self.rows.len() - 1).fold(0u64, |sum, r| {
-            sum.wrapping_add(self.rows[r].held.load(SeqCst))
-        })
+    /// How many requests hold now, as a lower bound: every row's granted
+    /// count is read first, then every row's released count, so the
+    /// difference never exceeds the number held at the moment between the
+    /// two passes (a release follows its grant, and counts only grow), and
+    /// it is clamped at 0. Exact when nothing is granted or released during
+    /// the call. (A sum of per-row differences, read at different instants
+    /// while a guard moves between threads, could wrap below zero.)
+    pub(crate) fn held_now(&self) -> u64 {
+        let rows = || crate::thread_index::rows_in_use(self.rows.len() - 1).map(|r| &self.rows[r]);
+        let granted = rows().fold(0u64, |sum, row| sum.wrapping_add(row.granted.load(SeqCst)));
+        let released = rows().fold(0u64, |sum, row| sum.wrapping_add(row.released.load(SeqCst)));
+        granted.saturating_sub(released)
+    }
+
+    /// The largest last fencing id of any row (the root's).
+    pub(crate) fn max_last_id(&self) -> u64 {
+        self.rows
+            .iter()
+            .map(|row| row.last_id.load(SeqCst))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The first half of taking `mode`: for S or X, CAS the shared word

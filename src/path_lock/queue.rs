@@ -43,11 +43,16 @@ pub(crate) struct Queue {
     /// Wakers of waiters granted under the current lock; woken once it is
     /// released (see [`QueueGuard`]).
     pub(crate) to_wake: Vec<Waker>,
+    /// Wakers replaced or withdrawn under the current lock; dropped once it
+    /// is released, since a waker's drop may run a task's destructor, which
+    /// may lock this queue again (an `OwnedPathGuard` or a lock future).
+    pub(crate) to_drop: Vec<Waker>,
 }
 
 /// The locked queue. On drop it releases the lock and only then wakes the
-/// async waiters that were granted meanwhile: a waker may poll its future
-/// on the spot, which locks the queue again.
+/// async waiters that were granted meanwhile, and drops the wakers replaced
+/// or withdrawn: a waker may poll its future on the spot, and dropping one
+/// may drop its task, either of which locks the queue again.
 pub(crate) struct QueueGuard<'a>(Option<MutexGuard<'a, Queue>>);
 
 impl<'a> QueueGuard<'a> {
@@ -62,7 +67,7 @@ impl<'a> QueueGuard<'a> {
         condvar: &Condvar,
         timeout: Option<Duration>,
     ) -> Self {
-        if !self.to_wake.is_empty() {
+        if !self.to_wake.is_empty() || !self.to_drop.is_empty() {
             drop(self); // wakes them; our own state is rechecked by the caller
             return QueueGuard::new(queue);
         }
@@ -97,7 +102,9 @@ impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         if let Some(mut guard) = self.0.take() {
             let wakers = std::mem::take(&mut guard.to_wake);
+            let unused = std::mem::take(&mut guard.to_drop);
             drop(guard);
+            drop(unused);
             // Every one, even if one panics: a granted waiter that is never
             // woken would wait forever.
             crate::unwind::each_then_resume(wakers, Waker::wake);

@@ -44,7 +44,7 @@ use std::ptr::{self, NonNull};
 use crossbeam_utils::CachePadded;
 
 use crate::epoch::{Bin, Guard};
-use crate::sync::{lock, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{lock, try_lock, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A published entry; immutable until it is freed.
 pub(crate) struct Node<K, V> {
@@ -316,6 +316,9 @@ pub(crate) struct Writer<K, V> {
     state: Mutex<State<K, V>>,
     /// `live`, readable without the mutex (by `len`).
     len: AtomicUsize,
+    /// 1 while the bin holds sealed batches that a collection kept back
+    /// for a pinned reader (changed only under the mutex).
+    kept: AtomicUsize,
 }
 
 impl<K, V> Writer<K, V> {
@@ -329,6 +332,7 @@ impl<K, V> Writer<K, V> {
                 bin: Bin::default(),
             }),
             len: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
         })
     }
 
@@ -336,12 +340,41 @@ impl<K, V> Writer<K, V> {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Locks the shard for writing.
-    pub(crate) fn lock<'a>(&'a self, head: &'a Head<K, V>) -> Locked<'a, K, V> {
+    /// Locks the shard for writing. `pending` counts the table's shards
+    /// whose `kept` is set.
+    pub(crate) fn lock<'a>(
+        &'a self,
+        head: &'a Head<K, V>,
+        pending: &'a AtomicUsize,
+    ) -> Locked<'a, K, V> {
+        self.locked(head, pending, lock(&self.state))
+    }
+
+    /// Locks the shard if it holds garbage kept back for readers and no
+    /// one holds its lock now.
+    pub(crate) fn try_lock_kept<'a>(
+        &'a self,
+        head: &'a Head<K, V>,
+        pending: &'a AtomicUsize,
+    ) -> Option<Locked<'a, K, V>> {
+        if self.kept.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.locked(head, pending, try_lock(&self.state)?))
+    }
+
+    fn locked<'a>(
+        &'a self,
+        head: &'a Head<K, V>,
+        pending: &'a AtomicUsize,
+        state: MutexGuard<'a, State<K, V>>,
+    ) -> Locked<'a, K, V> {
         Locked {
             head,
             len: &self.len,
-            state: lock(&self.state),
+            kept: &self.kept,
+            pending,
+            state,
         }
     }
 
@@ -379,6 +412,8 @@ pub(crate) struct Vacant(Option<usize>);
 pub(crate) struct Locked<'a, K, V> {
     head: &'a Head<K, V>,
     len: &'a AtomicUsize,
+    kept: &'a AtomicUsize,
+    pending: &'a AtomicUsize,
     state: MutexGuard<'a, State<K, V>>,
 }
 
@@ -573,7 +608,36 @@ impl<K, V> Locked<'_, K, V> {
     pub(crate) fn finish_now_after(mut self, f: impl FnOnce(&mut Self)) -> Vec<Retired<K, V>> {
         f(&mut self);
         self.state.weight = 0;
-        self.state.bin.collect()
+        let garbage = self.state.bin.collect();
+        self.note_kept();
+        garbage
+    }
+
+    /// The oldest batch this shard keeps back for readers.
+    pub(crate) fn oldest_kept(&self) -> Option<u64> {
+        self.state.bin.oldest_sealed()
+    }
+
+    /// Unlocks, handing back the kept batches that `oldest_pinned` (from
+    /// [`crate::epoch::oldest_pinned`], called while this lock was held)
+    /// lets go.
+    pub(crate) fn finish_kept(mut self, oldest_pinned: u64) -> Vec<Retired<K, V>> {
+        let garbage = self.state.bin.free_up_to(oldest_pinned);
+        self.note_kept();
+        garbage
+    }
+
+    /// Updates `kept` and the table's `pending` count after a collection.
+    fn note_kept(&mut self) {
+        let kept = usize::from(self.state.bin.oldest_sealed().is_some());
+        if self.kept.load(Ordering::Relaxed) != kept {
+            self.kept.store(kept, Ordering::Relaxed);
+            if kept == 1 {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Objects retired but not yet freed.
