@@ -586,6 +586,53 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
+    /// Issue 15, item 9: threads past `clamp(4 × cores, 8, 256)` rows pinned
+    /// through one global mutex (8 rows on 2 cores). Now every thread with
+    /// an index gets a row of its own, however many are alive.
+    #[test]
+    #[cfg_attr(miri, ignore = "many threads")]
+    fn every_live_thread_pins_in_a_row_of_its_own() {
+        let threads = 100;
+        let barrier = std::sync::Barrier::new(threads);
+        let rows: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let guard = pin();
+                        barrier.wait(); // all pinned at once
+                        let row = match guard.0 {
+                            Pin::Row(row) => row as *const AtomicU64 as usize,
+                            Pin::Nested => panic!("a first pin was taken for a nested one"),
+                            Pin::Overflow(_) => panic!("pinned through the overflow mutex"),
+                        };
+                        barrier.wait(); // no row is reused while compared
+                        row
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut distinct = rows.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), threads, "two live threads shared a row");
+    }
+
+    #[test]
+    fn row_segments_cover_every_index_once() {
+        let mut expected = (0, 0);
+        for index in 0..FIRST * 100 {
+            let (segment, offset) = Rows::locate(index);
+            if segment != expected.0 {
+                assert_eq!((segment, offset), (expected.0 + 1, 0), "index {index}");
+                assert_eq!(expected.1, FIRST << expected.0, "segment {} size", expected.0);
+                expected = (segment, 0);
+            }
+            assert_eq!(offset, expected.1, "index {index}");
+            expected.1 += 1;
+        }
+    }
+
     #[test]
     fn dropping_a_bin_drops_what_it_holds() {
         let drops = Arc::new(AtomicUsize::new(0));

@@ -712,3 +712,6 @@ mod tests;
 
 #[cfg(all(test, not(loom)))]
 mod regressions;
+
+#[cfg(all(test, not(loom)))]
+mod regressions_issue15;

@@ -252,6 +252,12 @@ pub(crate) fn high_water() -> usize {
     registry().high_water.load(Ordering::SeqCst)
 }
 
+/// Whether `index` is on the free list (given back and not reused yet).
+#[cfg(all(test, not(loom)))]
+pub(crate) fn is_free(index: usize) -> bool {
+    lock(&registry().free).0.contains(&index)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -1076,4 +1076,6 @@ impl PathLock {
 #[cfg(all(test, not(loom)))]
 mod regressions;
 #[cfg(all(test, not(loom)))]
+mod regressions_issue15;
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -148,3 +148,62 @@ fn watch_and_subscriber_are_send_and_sync_for_shareable_contents() {
     shareable::<super::Subscriber<Vec<u8>>>();
     shareable::<super::Ref<u64>>();
 }
+
+/// Issue 15, item 3: `Subscriber::changed` replaced its waker (and took it
+/// back out) under the waker list's mutex. A waker that is the last handle
+/// to a task owning a `Subscriber` then dropped it there, and the
+/// subscriber's unregistering locked the list again: a silent deadlock.
+#[test]
+fn a_replaced_waker_is_dropped_after_the_waker_list_is_unlocked() {
+    struct SubscriberOwner(std::sync::Mutex<Option<super::Subscriber<u32>>>);
+    impl Wake for SubscriberOwner {
+        fn wake(self: Arc<Self>) {}
+    }
+    crate::test_support::finishes("re-poll changed with a new waker", || {
+        let watch = Watch::new(0u32);
+        let mut sub = watch.subscribe();
+        let owner = Waker::from(Arc::new(SubscriberOwner(std::sync::Mutex::new(Some(
+            watch.subscribe(),
+        )))));
+        let mut changed = Box::pin(sub.changed());
+        assert!(changed
+            .as_mut()
+            .poll(&mut Context::from_waker(&owner))
+            .is_pending());
+        drop(owner); // the list's clone is the last handle now
+        let (_, other) = flag_waker();
+        let mut cx = Context::from_waker(&other);
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+        watch.store(1);
+        assert!(matches!(changed.as_mut().poll(&mut cx), Poll::Ready(Ok(v)) if *v == 1));
+    });
+}
+
+/// Issue 15, item 6: when the replaced value's `Drop` panicked, `store` and
+/// `update` published the new value but notified no one, and `version()`
+/// stayed one behind for good.
+#[test]
+fn a_panicking_drop_of_the_old_value_loses_no_notification() {
+    struct Bomb(bool);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if self.0 {
+                panic!("bomb");
+            }
+        }
+    }
+    let watch = Watch::new(Bomb(true));
+    let mut sub = watch.subscribe();
+    let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        watch.store(Bomb(true));
+    }));
+    assert!(stored.is_err(), "the bomb did not go off");
+    assert_eq!(watch.version(), 1);
+    assert!(sub.try_changed().unwrap().is_some(), "the store was not notified");
+    let updated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        watch.update(|_| Bomb(false));
+    }));
+    assert!(updated.is_err(), "the second bomb did not go off");
+    assert_eq!(watch.version(), 2);
+    assert!(sub.try_changed().unwrap().is_some(), "the update was not notified");
+}
