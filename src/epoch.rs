@@ -601,16 +601,16 @@ mod tests {
                         let guard = pin();
                         barrier.wait(); // all pinned at once
                         let row = match guard.0 {
-                            Pin::Row(row) => row as *const AtomicU64 as usize,
-                            Pin::Nested => panic!("a first pin was taken for a nested one"),
-                            Pin::Overflow(_) => panic!("pinned through the overflow mutex"),
+                            Pin::Row(row) => Ok(row as *const AtomicU64 as usize),
+                            Pin::Nested => Err("a first pin was taken for a nested one"),
+                            Pin::Overflow(_) => Err("pinned through the overflow mutex"),
                         };
                         barrier.wait(); // no row is reused while compared
                         row
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
         });
         let mut distinct = rows.clone();
         distinct.sort_unstable();

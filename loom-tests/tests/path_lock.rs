@@ -187,3 +187,26 @@ fn a_sweep_unlinking_a_path_races_a_reacquire_of_it() {
         assert!(lock.try_write(["a"]).is_some());
     });
 }
+
+/// Issue 15, item 7: `stats().held` summed per-thread counts read at
+/// different instants; a guard taken on one thread and released on another
+/// while `stats` ran could make the sum wrap below zero (u64::MAX). It may
+/// never exceed the one guard that exists.
+#[test]
+fn held_stays_within_the_live_guards_while_a_guard_moves_between_threads() {
+    model(|| {
+        let lock = Arc::new(PathLock::new());
+        let stats = {
+            let lock = lock.clone();
+            thread::spawn(move || lock.stats().held)
+        };
+        let guard = lock
+            .lock_owned(&LockSet::new().read(["a"]))
+            .expect("free");
+        let releaser = thread::spawn(move || drop(guard));
+        releaser.join().unwrap();
+        let held = stats.join().unwrap();
+        assert!(held <= 1, "held read {held} with one guard");
+        assert_eq!(lock.stats().held, 0);
+    });
+}

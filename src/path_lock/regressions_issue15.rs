@@ -71,8 +71,11 @@ fn a_replaced_waker_is_dropped_after_the_queue_is_unlocked() {
 
 /// Item 7: `stats().held` summed per-thread counts read at different
 /// instants while guards moved between threads, and could wrap to
-/// `u64::MAX`. Guards are taken on one thread and released on another;
-/// at most 3 are alive at once, so `held` may never exceed 3.
+/// `u64::MAX`. The loom model `held_stays_within_the_live_guards_while_a_
+/// guard_moves_between_threads` finds that interleaving on the old code;
+/// this runs the same motion on real threads: guards are taken on one
+/// thread and released on another, at most 3 alive at once, so `held` may
+/// never exceed 3.
 #[test]
 #[cfg_attr(miri, ignore = "a stress loop")]
 fn held_never_wraps_while_guards_move_between_threads() {
@@ -101,7 +104,8 @@ fn held_never_wraps_while_guards_move_between_threads() {
 
 /// Item 8: a thread that locks from a thread-local destructor after its
 /// index was given back moved to the shared overflow row, whose last id was
-/// lower than its own: its fencing id went back (8001, then 13).
+/// lower than its own: its fencing id went back (8001, then 13). The path
+/// locked in teardown is a new one, so no stamp on it carries the order.
 #[test]
 fn a_threads_fencing_ids_keep_rising_in_thread_local_teardown() {
     let lock: &'static PathLock = leak(PathLock::new());
@@ -110,7 +114,7 @@ fn a_threads_fencing_ids_keep_rising_in_thread_local_teardown() {
         let last = Arc::new(Mutex::new(0));
         let seen = last.clone();
         at_thread_exit(move || {
-            let after = lock.write(["x"]).id();
+            let after = lock.write(["y"]).id();
             tx.send((*seen.lock().unwrap(), after)).unwrap();
         });
         for _ in 0..1000 {
