@@ -610,7 +610,10 @@ mod tests {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
         });
         let mut distinct = rows.clone();
         distinct.sort_unstable();
@@ -625,7 +628,12 @@ mod tests {
             let (segment, offset) = Rows::locate(index);
             if segment != expected.0 {
                 assert_eq!((segment, offset), (expected.0 + 1, 0), "index {index}");
-                assert_eq!(expected.1, FIRST << expected.0, "segment {} size", expected.0);
+                assert_eq!(
+                    expected.1,
+                    FIRST << expected.0,
+                    "segment {} size",
+                    expected.0
+                );
                 expected = (segment, 0);
             }
             assert_eq!(offset, expected.1, "index {index}");

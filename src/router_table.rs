@@ -88,11 +88,16 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 ///     `get_or_insert_with` closures; `K::eq`, `K::clone` and `V::clone` in
 ///     writes), any call on the same table panics at once.
 ///
-///   `K::hash` runs before any lock is taken, and every entry a table drops
-///   (the values replaced or removed, the key `insert` or
-///   `get_or_insert_with` was given when the table already had it) is
-///   dropped after the lock is released, so those are unrestricted. Nothing
-///   deadlocks silently *within one table*.
+///   `K::hash` runs before any lock is taken, and every key or value of
+///   the user's that a table drops (values replaced or removed, the clones
+///   `update` and `retain` work on or reject, a key `insert` or
+///   `get_or_insert_with` did not keep, also when `K::eq` or a closure
+///   panics) is dropped after the lock is released, so `Drop` is
+///   unrestricted.
+/// * Deadlocks: user code that calls the table it runs under, on the same
+///   thread, panics as above, and reads never wait. Waits *across* threads
+///   are not detected: an `update` closure that waits for another thread
+///   while that thread writes the same shard hangs, as under any mutex.
 /// * Several tables: code under one table's write lock may use another
 ///   table, but then the two tables are two locks, and the usual
 ///   lock-ordering rule applies: `a.update(k, |_| b.insert(..))` on one
@@ -106,8 +111,11 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 ///   panicking `Drop` of a reclaimed entry lets every other one be dropped.
 /// * Shards shrink when they fall below a quarter full, but never below the
 ///   capacity asked for at construction.
-/// * `Send` and `Sync` exactly when `RwLock<HashMap<K, V, S>>` would be:
-///   values are shared across threads (`Sync`) and moved between them (`Send`).
+/// * `Send` when `K`, `V` and `S` are `Send`; `Sync` when `K` and `V` are
+///   `Send + Sync` and `S` is `Sync`: values are shared across threads and
+///   moved between them, and the hasher is only shared. (That is
+///   `RwLock<HashMap<K, V, S>>`'s bound, except that it also needs
+///   `S: Send` for `Sync`.)
 ///
 /// ```compile_fail
 /// fn sync<T: Sync>() {}
@@ -131,8 +139,11 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// further. An entry is a heap node (key, value and 4 bytes of hash) plus
 /// an 8-byte slot at a load of 3/8 to 3/4. Unlinked entries and tables wait
 /// in their shard until a write finds that at least `max(64, len / 16)`
-/// have piled up there, then are freed once no reader pinned before their
-/// unlinking is still reading ([`retired`](Self::retired) counts them).
+/// have piled up there; that write frees those no pinned reader could see.
+/// What it keeps back for readers is freed, once the last reader that
+/// could see it unpins, within 64 operations (reads included) of any one
+/// thread on the table, or by the shard's next collecting write; no further
+/// writes are needed. [`retired`](Self::retired) counts what waits.
 ///
 /// # Protocol
 /// Readers pin themselves in an epoch (a plain store to their own line and

@@ -20,7 +20,12 @@ fn refuse_membarrier() {
     // Classic BPF over `struct seccomp_data` (the syscall number is at
     // offset 0); this test only builds for x86_64, so the arch is fixed.
     let filter = [
-        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 }, // ld [nr]
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // ld [nr]
         libc::sock_filter {
             code: 0x15, // jeq k
             jt: 0,
@@ -109,7 +114,9 @@ fn a_refusal_after_registration_stops_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "the child went on: {stderr}");
     assert!(
-        stderr.contains("membarrier") && stderr.contains("seccomp") && stderr.contains("SHARDLOCK_NO_MEMBARRIER=1"),
+        stderr.contains("membarrier")
+            && stderr.contains("seccomp")
+            && stderr.contains("SHARDLOCK_NO_MEMBARRIER=1"),
         "no clear message: {stderr}"
     );
 }

@@ -200,9 +200,7 @@ fn held_stays_within_the_live_guards_while_a_guard_moves_between_threads() {
             let lock = lock.clone();
             thread::spawn(move || lock.stats().held)
         };
-        let guard = lock
-            .lock_owned(&LockSet::new().read(["a"]))
-            .expect("free");
+        let guard = lock.lock_owned(&LockSet::new().read(["a"])).expect("free");
         let releaser = thread::spawn(move || drop(guard));
         releaser.join().unwrap();
         let held = stats.join().unwrap();

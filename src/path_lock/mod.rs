@@ -27,8 +27,12 @@
 //!
 //! Nodes within [`node::DISTRIBUTED_DEPTH`] of the root have a row per
 //! thread; deeper ones one row, updated with RMWs. The root's rows also hold
-//! each thread's last fencing id and held-request count, so a request
-//! writes no line another thread writes unless it conflicts with it.
+//! each thread's last fencing id and its granted and released counts (each
+//! only grows; `stats().held` reads every granted count, then every
+//! released one, so it never exceeds the number held at the instant between
+//! and never wraps below zero), so a request writes no line another thread
+//! writes unless it conflicts with it. A row is written only under a hold
+//! on its index (`thread_index`'s lifetime rule).
 //!
 //! **The index.** Nodes live in a [`RouterTable`] keyed by the whole path
 //! (each segment written `len:segment`), whose lookups take no lock and no
@@ -124,6 +128,10 @@
 //!   a thread picks the grant up. Between the two it holds, so no
 //!   conflicting request is granted meanwhile. So a thread's ids increase in
 //!   the order it obtains its requests.
+//! * A thread that gave its index back (it locks from a thread-local
+//!   destructor after its exit hook) moves to the overflow row, whose last
+//!   id can be below its own; its floor then also takes the largest last id
+//!   of every root row, which covers its old row's.
 //!
 //! # What changed from the first protocol, and why
 //!

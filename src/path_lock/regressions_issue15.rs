@@ -15,7 +15,7 @@ use crate::test_support::{at_thread_exit, finishes, leak};
 
 /// A waker that owns a guard, as a task that holds a lock does: dropping
 /// its last handle releases the lock.
-struct GuardOwner(Mutex<Option<OwnedPathGuard>>);
+struct GuardOwner(#[allow(dead_code)] Mutex<Option<OwnedPathGuard>>);
 
 impl Wake for GuardOwner {
     fn wake(self: Arc<Self>) {}
@@ -50,7 +50,10 @@ fn dropping_a_pending_future_drops_its_waker_after_the_queue_is_unlocked() {
         assert!(poll(&mut request, &owner).is_pending());
         drop(owner); // the queue's clone is the last handle now
         drop(request);
-        assert!(lock.try_write(["b"]).is_none(), "the waiter on b was granted");
+        assert!(
+            lock.try_write(["b"]).is_none(),
+            "the waiter on b was granted"
+        );
     });
 }
 
@@ -87,7 +90,8 @@ fn held_never_wraps_while_guards_move_between_threads() {
         std::thread::spawn(move || {
             for i in 0..rounds {
                 let path = [(i % 4).to_string()];
-                tx.send(lock.lock_owned(&LockSet::new().read(path)).unwrap()).unwrap();
+                tx.send(lock.lock_owned(&LockSet::new().read(path)).unwrap())
+                    .unwrap();
             }
         })
     };

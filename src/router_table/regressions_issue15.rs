@@ -28,7 +28,8 @@ thread_local! {
 #[test]
 fn a_pin_holds_its_thread_index_while_a_destructor_drops_the_last_read_guard() {
     let lock = leak(ShardedRwLock::new(0u64));
-    let table: &'static RouterTable<u64, u64> = leak(RouterTable::with_shards(2, 0, Default::default()));
+    let table: &'static RouterTable<u64, u64> =
+        leak(RouterTable::with_shards(2, 0, Default::default()));
     table.insert(1, 10);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -47,8 +48,15 @@ fn a_pin_holds_its_thread_index_while_a_destructor_drops_the_last_read_guard() {
     .join()
     .unwrap();
     let (freed_mid_pin, freed_after) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(freed_mid_pin, Some(false), "the index was given back while pinned");
-    assert!(freed_after, "the index was not given back once the pin ended");
+    assert_eq!(
+        freed_mid_pin,
+        Some(false),
+        "the index was given back while pinned"
+    );
+    assert!(
+        freed_after,
+        "the index was not given back once the pin ended"
+    );
 }
 
 static COUNTED: AtomicUsize = AtomicUsize::new(0);
@@ -181,7 +189,11 @@ fn retain_drops_rejected_values_after_the_lock() {
     }
     let outcome = catch_unwind(AssertUnwindSafe(|| table.retain(|k, _| k.0 % 2 == 0)));
     PEEKED.set(None);
-    assert!(outcome.is_ok(), "retain panicked: {:?}", outcome.err().map(|p| panic_message::<()>(Err(p))));
+    assert!(
+        outcome.is_ok(),
+        "retain panicked: {:?}",
+        outcome.err().map(|p| panic_message::<()>(Err(p)))
+    );
     assert_eq!(table.len(), 50);
     assert!((0..100).all(|k| table.contains_key(&k) == (k % 2 == 0)));
 }
@@ -207,4 +219,21 @@ fn keys_are_dropped_after_the_lock_when_user_code_panics() {
     assert_eq!(table.len(), 1);
     drop(table.get_or_insert_with(PeekingKey(2), || unreachable!()));
     PEEKED.set(None);
+}
+
+/// Item 12: the docs said the table is `Sync` "exactly when
+/// `RwLock<HashMap>` would be", but the bound asks less of the hasher (only
+/// `Sync`). This compiles only with the documented bound.
+#[test]
+fn the_sync_bound_is_the_documented_one() {
+    /// `Sync` but not `Send` (a `MutexGuard` is not `Send`).
+    struct SyncOnly(std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>);
+    impl std::hash::BuildHasher for SyncOnly {
+        type Hasher = std::collections::hash_map::DefaultHasher;
+        fn build_hasher(&self) -> Self::Hasher {
+            Default::default()
+        }
+    }
+    fn sync<T: Sync>() {}
+    sync::<RouterTable<u64, u64, SyncOnly>>();
 }

@@ -155,7 +155,7 @@ fn watch_and_subscriber_are_send_and_sync_for_shareable_contents() {
 /// subscriber's unregistering locked the list again: a silent deadlock.
 #[test]
 fn a_replaced_waker_is_dropped_after_the_waker_list_is_unlocked() {
-    struct SubscriberOwner(std::sync::Mutex<Option<super::Subscriber<u32>>>);
+    struct SubscriberOwner(#[allow(dead_code)] std::sync::Mutex<Option<super::Subscriber<u32>>>);
     impl Wake for SubscriberOwner {
         fn wake(self: Arc<Self>) {}
     }
@@ -199,11 +199,17 @@ fn a_panicking_drop_of_the_old_value_loses_no_notification() {
     }));
     assert!(stored.is_err(), "the bomb did not go off");
     assert_eq!(watch.version(), 1);
-    assert!(sub.try_changed().unwrap().is_some(), "the store was not notified");
+    assert!(
+        sub.try_changed().unwrap().is_some(),
+        "the store was not notified"
+    );
     let updated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         watch.update(|_| Bomb(false));
     }));
     assert!(updated.is_err(), "the second bomb did not go off");
     assert_eq!(watch.version(), 2);
-    assert!(sub.try_changed().unwrap().is_some(), "the update was not notified");
+    assert!(
+        sub.try_changed().unwrap().is_some(),
+        "the update was not notified"
+    );
 }
