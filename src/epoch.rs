@@ -103,22 +103,27 @@ crate::sync::lazy_static! {
 
 type Row = CachePadded<AtomicU64>;
 
-/// Rows in the first segment; segment `s` holds `FIRST << s`.
-const FIRST: usize = if cfg!(loom) { 2 } else { 8 };
+/// Rows in the first segment, which lives inline in the collector (so the
+/// common pin needs no pointer load); segment `s` holds `FIRST << s`.
+const FIRST: usize = if cfg!(loom) { 2 } else { 32 };
 /// Enough segments for every index below `FIRST × (2^SEGMENTS − 1)`.
 const SEGMENTS: usize = 32;
 
-/// One row per thread index, in segments that double in size and are
-/// allocated on first use and never moved or freed (until the collector
-/// is), so a row's address is stable and a pin never takes a lock.
+/// One row per thread index, in segments that double in size: the first
+/// inline, the others allocated on first use and never moved or freed
+/// (until the collector is), so a row's address is stable and a pin never
+/// takes a lock.
 struct Rows {
-    segments: [AtomicPtr<Row>; SEGMENTS],
+    first: [Row; FIRST],
+    /// Segment `s ≥ 1` (index 0 unused).
+    more: [AtomicPtr<Row>; SEGMENTS],
 }
 
 impl Rows {
     fn new() -> Self {
         Rows {
-            segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+            first: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
+            more: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
         }
     }
 
@@ -131,13 +136,21 @@ impl Rows {
 
     /// The row of thread index `index`, allocating its segment if needed;
     /// `None` past the last segment (or for [`thread_index::NO_INDEX`]).
-    #[inline]
+    #[inline(always)]
     fn get(&self, index: usize) -> Option<&Row> {
+        match self.first.get(index) {
+            Some(row) => Some(row),
+            None => self.get_beyond_first(index),
+        }
+    }
+
+    #[inline(never)]
+    fn get_beyond_first(&self, index: usize) -> Option<&Row> {
         if index >= FIRST * ((1 << SEGMENTS) - 1) {
             return None;
         }
         let (segment, offset) = Self::locate(index);
-        let base = self.segments.get(segment)?.load(Ordering::Acquire);
+        let base = self.more[segment].load(Ordering::Acquire);
         let base = if base.is_null() {
             self.grow(segment)
         } else {
@@ -156,7 +169,7 @@ impl Rows {
             .map(|_| CachePadded::new(AtomicU64::new(0)))
             .collect();
         let fresh = Box::into_raw(rows).cast::<Row>();
-        match self.segments[segment].compare_exchange(
+        match self.more[segment].compare_exchange(
             std::ptr::null_mut(),
             fresh,
             Ordering::AcqRel,
@@ -175,10 +188,11 @@ impl Rows {
     /// The rows of indices `0..end` that exist (a missing segment has no
     /// pinned thread), each loaded with `Acquire`.
     fn load_up_to(&self, end: usize) -> impl Iterator<Item = u64> + '_ {
-        (0..SEGMENTS)
+        let first = self.first[..end.min(FIRST)].iter();
+        let more = (1..SEGMENTS)
             .take_while(move |&s| FIRST * ((1 << s) - 1) < end)
             .flat_map(move |s| {
-                let base = self.segments[s].load(Ordering::Acquire);
+                let base = self.more[s].load(Ordering::Acquire);
                 let start = FIRST * ((1 << s) - 1);
                 let len = if base.is_null() {
                     0
@@ -186,11 +200,15 @@ impl Rows {
                     (FIRST << s).min(end - start)
                 };
                 (0..len).map(move |offset| {
-                    // SAFETY: as in `get`: a published segment of `FIRST <<
-                    // s` rows, and `offset` is below that.
-                    unsafe { &*base.add(offset) }.load(Ordering::Acquire)
+                    // SAFETY: as in `get_beyond_first`: a published segment
+                    // of `FIRST << s` rows, and `offset` is below that.
+                    unsafe { &*base.add(offset) }
                 })
-            })
+            });
+        first
+            .map(|row| &**row)
+            .chain(more.map(|row| &**row))
+            .map(|row| row.load(Ordering::Acquire))
     }
 }
 
@@ -201,7 +219,7 @@ fn slice_of(base: *mut Row, segment: usize) -> *mut [Row] {
 
 impl Drop for Rows {
     fn drop(&mut self) {
-        for (s, segment) in self.segments.iter_mut().enumerate() {
+        for (s, segment) in self.more.iter_mut().enumerate() {
             let base = segment.load(Ordering::Relaxed);
             if !base.is_null() {
                 // SAFETY: allocated by `grow` as a boxed slice of this
@@ -265,8 +283,11 @@ enum Pin {
     /// Inside another pin of this thread: nothing to undo.
     Nested,
     /// The outermost pin of a thread with an index: it holds the index
-    /// (`thread_index::taken`), so no other thread can get this row.
-    Row(&'static AtomicU64),
+    /// (dropped after the row is cleared), so no other thread gets this row.
+    Row {
+        row: &'static AtomicU64,
+        _hold: thread_index::Hold,
+    },
     Overflow(u64),
 }
 
@@ -279,22 +300,18 @@ pub(crate) fn pin() -> Guard {
     // Held until the guard is dropped: a thread-local destructor that drops
     // the thread's last read guard inside this pin cannot give the index
     // (and so this row) to another thread.
-    let index = thread_index::taken();
-    match c.rows.get(index) {
+    let hold = thread_index::hold();
+    match c.rows.get(hold.index()) {
         Some(row) => {
             if row.load(Ordering::Relaxed) != 0 {
-                thread_index::released();
                 return Guard(Pin::Nested, PhantomData);
             }
             let epoch = c.epoch.load(Ordering::Acquire);
             row.store(epoch, Ordering::Release);
             c.light_barrier();
-            Guard(Pin::Row(row), PhantomData)
+            Guard(Pin::Row { row, _hold: hold }, PhantomData)
         }
-        None => {
-            thread_index::released();
-            pin_overflow(c)
-        }
+        None => pin_overflow(c),
     }
 }
 
@@ -310,10 +327,8 @@ impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
         match self.0 {
-            Pin::Row(row) => {
-                row.store(0, Ordering::Release);
-                thread_index::released();
-            }
+            // The hold ends after this, when the field is dropped.
+            Pin::Row { row, .. } => row.store(0, Ordering::Release),
             Pin::Nested => {}
             Pin::Overflow(epoch) => unpin_overflow(epoch),
         }
@@ -601,7 +616,7 @@ mod tests {
                         let guard = pin();
                         barrier.wait(); // all pinned at once
                         let row = match guard.0 {
-                            Pin::Row(row) => Ok(row as *const AtomicU64 as usize),
+                            Pin::Row { row, .. } => Ok(row as *const AtomicU64 as usize),
                             Pin::Nested => Err("a first pin was taken for a nested one"),
                             Pin::Overflow(_) => Err("pinned through the overflow mutex"),
                         };

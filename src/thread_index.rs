@@ -10,7 +10,9 @@
 //! # The lifetime rule for per-index rows
 //! Code that stores to a row of index `i` must *hold* `i` while it does:
 //! take a [`Hold`] (or a read guard, or an epoch pin, which hold one) first,
-//! and use the index the hold returns. An index is given back only when its
+//! and use the index the hold returns. A read guard always counts as a
+//! holder; a [`Hold`], which never outlives the call that took it, counts
+//! only once the thread is exiting (see [`Hold`] for why that suffices). An index is given back only when its
 //! thread is exiting *and* no hold remains, so:
 //!
 //! * no two threads ever store to one row at once, even when a thread-local
@@ -189,29 +191,64 @@ pub(crate) fn released() {
     });
 }
 
-/// A hold on this thread's index for a scope: the index it returns stays
-/// this thread's until the `Hold` is dropped. Not `Send`.
+/// A hold on this thread's index for the length of one call (a pin, a
+/// `PathLock` operation): the index it returns stays this thread's until the
+/// `Hold` is dropped. Not `Send`.
+///
+/// Counted in `holds` only if the thread is already exiting: before that,
+/// nothing gives an index back except [`ExitHook`]'s destructor, which runs
+/// during thread teardown, never nested in a call that is still running (a
+/// call inside another thread-local's destructor ends before teardown moves
+/// on). So the common case costs one thread-local access, like [`current`].
+/// Read guards, which can outlive the call that took them (kept in a
+/// thread-local), always count ([`taken`]).
 #[must_use]
-pub(crate) struct Hold(usize, std::marker::PhantomData<*const ()>);
+pub(crate) struct Hold {
+    index: usize,
+    counted: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
 
 impl Hold {
     /// The held index ([`NO_INDEX`] if the thread has none any more).
     #[inline]
     pub(crate) fn index(&self) -> usize {
-        self.0
+        self.index
     }
 }
 
 /// Holds this thread's index until the returned [`Hold`] is dropped.
 #[inline]
 pub(crate) fn hold() -> Hold {
-    Hold(taken(), std::marker::PhantomData)
+    LOCAL
+        .try_with(|local| {
+            let counted = local.exiting.get();
+            if counted {
+                local.holds.set(local.holds.get() + 1);
+            }
+            let index = match local.index.get() {
+                UNASSIGNED => assign(local),
+                index => index,
+            };
+            Hold {
+                index,
+                counted,
+                _not_send: std::marker::PhantomData,
+            }
+        })
+        .unwrap_or(Hold {
+            index: NO_INDEX,
+            counted: false,
+            _not_send: std::marker::PhantomData,
+        })
 }
 
 impl Drop for Hold {
     #[inline]
     fn drop(&mut self) {
-        released();
+        if self.counted {
+            released();
+        }
     }
 }
 
