@@ -8,7 +8,10 @@
 //!
 //! Subtract the `base` run (the same setup, no loop) and divide by the count.
 //! Paths: `get` (a hit on a 1k-entry `RouterTable`), `insert` (replacing a
-//! value), `path-read` (a depth-3 `PathLock` read, locked and released).
+//! value), `path-read` (a depth-3 `PathLock` read, locked and released). A
+//! third argument starts that many idle threads first, each of which has
+//! read the table once (so it owns an epoch row that every collection
+//! scans), and which stay alive, unpinned, until the end.
 
 use std::hint::black_box;
 
@@ -21,9 +24,31 @@ fn main() {
         .next()
         .map_or(1_000_000, |n| n.parse().expect("a count"));
     let table: RouterTable<u64, u64> = (0..1000).map(|k| (k, k)).collect();
+    let idle: usize = args
+        .next()
+        .map_or(0, |n| n.parse().expect("a thread count"));
     let lock = PathLock::new();
     drop(lock.read(["a", "b", "c"]));
-    match path.as_str() {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
+    std::thread::scope(|s| {
+        for _ in 0..idle {
+            let (table, stop_rx, started) = (&table, stop_rx.clone(), started.clone());
+            s.spawn(move || {
+                black_box(table.get(&1));
+                started.wait();
+                let _ = stop_rx.lock().unwrap().recv();
+            });
+        }
+        started.wait();
+        run(&path, count, &table, &lock);
+        drop(stop_tx);
+    });
+}
+
+fn run(path: &str, count: u64, table: &RouterTable<u64, u64>, lock: &PathLock) {
+    match path {
         "base" => {}
         "get" => {
             for i in 0..count {

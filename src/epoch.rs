@@ -61,15 +61,29 @@
 //! message that names the cause and `SHARDLOCK_NO_MEMBARRIER`
 //! (`tests/membarrier_refused.rs`).
 //!
-//! loom checks the symmetric variant
-//! through the table models in `loom-tests/tests/router_table.rs` (under
-//! loom every write that retires something collects); the asymmetric one
-//! rests on the kernel's documented guarantee.
+//! loom checks the symmetric variant through the table models in
+//! `loom-tests/tests/router_table.rs` (under loom every write that retires
+//! something collects, and every later operation helps free what was kept);
+//! the asymmetric one rests on the kernel's documented guarantee.
 //!
 //! A thread without an index (one that pins from a thread-local destructor
-//! after giving its index back)
-//! push their epoch into a mutex-protected list: the mutex orders them
-//! against the scan, which reads that list under the same mutex.
+//! after giving its index back) pushes its epoch into a mutex-protected
+//! list: the mutex orders it against the scan, which reads that list under
+//! the same mutex.
+//!
+//! # Rows and their segments
+//! Row `i` lives in segment `s` (the first inline, the rest allocated on
+//! first use with a CAS, never freed while the collector lives). A reader
+//! publishes its segment before its first row store, so a scan that does
+//! not see the segment does not see the row either: the "not seen at all"
+//! case above, which the barriers cover. A scan reads rows up to
+//! `thread_index::high_water()`, which covers every index handed out.
+//!
+//! # Freeing later
+//! [`oldest_pinned`] (heavy barrier, then scan) may also run after the
+//! sealing, on any thread that holds the bin's owner lock: a batch sealed
+//! before the barrier is judged exactly as in a collect. `RouterTable` uses
+//! this to free what a collection kept back, without waiting for writes.
 //!
 //! The heavy barrier costs microseconds, so a bin collects only once its
 //! owner has retired enough to amortize it (see `RouterTable`).

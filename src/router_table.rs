@@ -602,8 +602,10 @@ where
         }
         let hash = self.hash(&key);
         // Declared before the lock is taken, so dropped after it is released
-        // (the key when the table had it, or when `f` or `K::eq` panics).
+        // (the key when the table had it, or the key and the new value when
+        // `f`, `K::eq` or `V::clone` panics).
         let mut unused_key = Some(key);
+        let mut made: Option<V> = None;
         self.with_write(self.shard_of(hash), |shard| {
             let key = unused_key.as_ref().expect("present");
             let vacant = match shard.lookup(hash, |k| k == key) {
@@ -612,10 +614,9 @@ where
             };
             // `f` cannot touch this table (the scope forbids it), so `vacant`
             // stays valid.
-            let value = f();
-            let copy = value.clone();
+            let copy = made.insert(f()).clone();
             let key = unused_key.take().expect("present");
-            shard.insert_vacant(vacant, hash, key, value);
+            shard.insert_vacant(vacant, hash, key, made.take().expect("present"));
             copy
         })
     }

@@ -12,8 +12,9 @@
 //! take a [`Hold`] (or a read guard, or an epoch pin, which hold one) first,
 //! and use the index the hold returns. A read guard always counts as a
 //! holder; a [`Hold`], which never outlives the call that took it, counts
-//! only once the thread is exiting (see [`Hold`] for why that suffices). An index is given back only when its
-//! thread is exiting *and* no hold remains, so:
+//! only once the thread is exiting (see [`Hold`] for why that suffices).
+//! An index is given back only when its thread is exiting *and* no hold
+//! remains, so:
 //!
 //! * no two threads ever store to one row at once, even when a thread-local
 //!   destructor drops a read guard in the middle of a pin;

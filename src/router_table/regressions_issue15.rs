@@ -75,8 +75,9 @@ impl Drop for Counted {
 /// then waited for more writes to that shard, forever if none came (0 of
 /// 100,000 cleared values dropped, about 97 MiB). Now later operations of
 /// any kind free them once the reader is gone: within `RECLAIM_EVERY` of
-/// one thread's operations, unless another test's reader is pinned at the
-/// time (hence the generous bound, a liveness check, not a speed claim).
+/// one thread's operations (here usually the reader's own `get_with`, as it
+/// unpins), unless another test's reader is pinned at the time (hence the
+/// generous bound, a liveness check, not a speed claim).
 #[test]
 #[cfg_attr(miri, ignore = "many operations")]
 fn garbage_kept_for_a_reader_is_freed_by_later_reads_alone() {
@@ -113,6 +114,7 @@ fn garbage_kept_for_a_reader_is_freed_by_later_reads_alone() {
         N + 1,
         "kept garbage was not freed after {reads} reads"
     );
+    eprintln!("kept garbage freed after {reads} reads");
     assert_eq!(table.retired(), 0);
 }
 
