@@ -455,6 +455,57 @@ pub(crate) fn oldest_pinned_hint() -> u64 {
     collector().min_pinned()
 }
 
+/// How often (in one thread's operations on tables that keep garbage) a
+/// thread tries to free it: the bound the tables document.
+pub(crate) const HELP_EVERY: u32 = if cfg!(loom) { 1 } else { 64 };
+
+crate::sync::thread_locals! {
+    /// Operations left before this thread next helps free kept garbage.
+    static HELP_COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Frees garbage that owners' collections kept back for pinned readers,
+/// once [`HELP_EVERY`] of this thread's calls have passed since its last
+/// try. `lock_kept` locks the owners that keep some (skipping any locked
+/// now); `oldest_kept` gives one's oldest batch; `finish` unlocks one,
+/// freeing what an [`oldest_pinned`] result allows. The heavy barrier runs
+/// only when no reader seems pinned before the oldest batch, and after every
+/// lock is taken (so after every batch it judges was sealed). Returns what
+/// to drop, after the locks are gone.
+pub(crate) fn help_free<L, T>(
+    lock_kept: impl FnOnce() -> Vec<L>,
+    oldest_kept: impl Fn(&L) -> Option<u64>,
+    mut finish: impl FnMut(L, u64) -> Vec<T>,
+) -> Vec<T> {
+    let due = HELP_COUNTDOWN
+        .try_with(|left| match left.get() {
+            0 => {
+                left.set(HELP_EVERY - 1);
+                true
+            }
+            n => {
+                left.set(n - 1);
+                false
+            }
+        })
+        .unwrap_or(false);
+    if !due {
+        return Vec::new();
+    }
+    let locked = lock_kept();
+    let Some(oldest) = locked.iter().filter_map(&oldest_kept).min() else {
+        return Vec::new();
+    };
+    if oldest_pinned_hint() < oldest {
+        return Vec::new(); // a reader that may see it is still pinned
+    }
+    let pinned = oldest_pinned();
+    locked
+        .into_iter()
+        .flat_map(|owner| finish(owner, pinned))
+        .collect()
+}
+
 /// `membarrier(2)` on Linux; elsewhere (and under miri and loom) absent.
 mod membarrier {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]

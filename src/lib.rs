@@ -4,6 +4,8 @@
 //!   reading thread's own cache line.
 //! * [`RouterTable`]: a sharded concurrent hash map built on it, for maps
 //!   such as socket address → peer, where reads vastly outnumber writes.
+//! * [`InlineTable`]: a concurrent hash map of small `Copy` keys and values
+//!   stored inline in cache lines: a lookup touches one line.
 //! * [`PathLock`]: hierarchical read/write locks on paths of string segments
 //!   (a lock covers its subtree), with atomic lock sets, exact FIFO fairness
 //!   among conflicting requests, and blocking, try, timeout and async forms.
@@ -20,6 +22,7 @@
 )]
 
 mod epoch;
+mod inline_table;
 mod path_lock;
 mod raw_rwlock;
 mod reentrancy;
@@ -33,6 +36,7 @@ mod watch;
 #[cfg(all(test, not(loom)))]
 mod test_support;
 
+pub use inline_table::InlineTable;
 pub use path_lock::{LockError, LockSet, Mode, OwnedPathGuard, PathGuard, PathLock, PathLockStats};
 pub use router_table::RouterTable;
 pub use sharded_rwlock::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};

@@ -80,9 +80,10 @@ fn check_frames(mut frame: *const Frame, table: usize, write: bool) -> Nesting {
         if f.table == table {
             match (f.access, write) {
                 (Access::Exclusive, _) => panic!(
-                    "shardlock: RouterTable used from code it runs under a shard write lock \
-                     (an update/retain/remove_if/get_or_insert_with closure, or a key or \
-                     value's Eq/Clone during a write); this would deadlock"
+                    "shardlock: a table (RouterTable or InlineTable) used from code it runs \
+                     under a shard write lock (an update/retain/remove_if/get_or_insert_with \
+                     closure, or a key or value's Eq/Clone/Hash during a write); this would \
+                     deadlock"
                 ),
                 (Access::Shared, true) => panic!(
                     "shardlock: RouterTable written from code it runs during a read of it \

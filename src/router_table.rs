@@ -17,7 +17,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::epoch;
 use crate::reentrancy::{self, Access};
-use crate::sync::{thread_locals, AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 
 mod shard;
 
@@ -34,15 +34,6 @@ fn default_shards() -> usize {
     (crate::thread_index::cpus() * 16)
         .next_power_of_two()
         .clamp(16, 256)
-}
-
-/// How often (in this thread's operations on tables with kept garbage) a
-/// thread tries to free that garbage: the bound of `# Memory`.
-const RECLAIM_EVERY: u32 = if cfg!(loom) { 1 } else { 64 };
-
-thread_locals! {
-    /// Operations left before this thread next helps reclaim.
-    static RECLAIM_COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Drops retired entries after their shard's lock is released; if a `Drop`
@@ -265,47 +256,26 @@ impl<K, V, S> RouterTable<K, V, S> {
         }
     }
 
-    /// Every [`RECLAIM_EVERY`]th call on this thread: locks the shards that
-    /// keep garbage (skipping any that is locked now), and if no reader
-    /// seems pinned before their oldest batch, executes the heavy barrier
-    /// and frees what it allows. Only outside every table's scope, so the
-    /// `Drop`s it runs may use any table.
+    /// Frees garbage kept back for readers (see [`epoch::help_free`]). Only
+    /// outside every table's scope, so the `Drop`s it runs may use any
+    /// table.
     #[cold]
     #[inline(never)]
     fn help_reclaim(&self) {
-        let due = RECLAIM_COUNTDOWN
-            .try_with(|left| match left.get() {
-                0 => {
-                    left.set(RECLAIM_EVERY - 1);
-                    true
-                }
-                n => {
-                    left.set(n - 1);
-                    false
-                }
-            })
-            .unwrap_or(false);
-        if !due || !reentrancy::outside_every_scope() {
+        if !reentrancy::outside_every_scope() {
             return;
         }
-        let locked: Vec<Locked<'_, K, V>> = self
-            .writers
-            .iter()
-            .zip(self.heads.iter())
-            .filter_map(|(writer, head)| writer.try_lock_kept(head, &self.pending))
-            .collect();
-        let Some(oldest_kept) = locked.iter().filter_map(|l| l.oldest_kept()).min() else {
-            return;
-        };
-        if epoch::oldest_pinned_hint() < oldest_kept {
-            return; // a reader that may see it is still pinned
-        }
-        // After every lock, so after every kept batch was sealed.
-        let oldest_pinned = epoch::oldest_pinned();
-        let garbage: Vec<Retired<K, V>> = locked
-            .into_iter()
-            .flat_map(|shard| shard.finish_kept(oldest_pinned))
-            .collect();
+        let garbage = epoch::help_free(
+            || {
+                self.writers
+                    .iter()
+                    .zip(self.heads.iter())
+                    .filter_map(|(writer, head)| writer.try_lock_kept(head, &self.pending))
+                    .collect()
+            },
+            Locked::oldest_kept,
+            Locked::finish_kept,
+        );
         drop_garbage(garbage);
     }
 

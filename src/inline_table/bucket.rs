@@ -1,0 +1,446 @@
+//! One 64-byte bucket line of an [`InlineTable`](crate::InlineTable): a
+//! header word and up to three `(key, value)` entries stored inline, read
+//! optimistically (seqlock style) and written in place under the shard's
+//! writer lock.
+//!
+//! # Layout
+//! A bucket is one cache line: the header, then 7 words. An entry takes
+//! `ceil(size_of::<K>() / 8)` key words then `ceil(size_of::<V>() / 8)`
+//! value words; a bucket holds `min(7 / entry_words, 3)` entries
+//! ([`Codec::SLOTS`]), so 3 for `u64 → u32` and 2 for `u64 → [u64; 2]`.
+//!
+//! | header bits | meaning                                                 |
+//! |-------------|---------------------------------------------------------|
+//! | 0..32       | version: odd while the writer changes an entry in place |
+//! | 32..56      | one tag byte per slot: 0 empty, else `0x80 \| 7 bits of the hash` |
+//! | 63          | `OVERFLOW`: an insert passed this bucket full, so a probe goes on to the next one |
+//!
+//! # Protocol
+//! One writer at a time per bucket (the shard's writer lock); readers hold
+//! no lock and store nothing.
+//! * **write in place** (a value, or a whole entry into a free slot): load
+//!   the header `h`, store `h + 1` (odd, Relaxed), `fence(Release)`, store
+//!   the words (Relaxed), then store the new header (version `h + 2`, the
+//!   new tags; Release).
+//! * **header-only change** (a remove clears a tag, an insert elsewhere sets
+//!   `OVERFLOW`): store the new header with version `+ 2` (Release). No
+//!   entry word changes.
+//! * **read**: `h1 = header.load(Acquire)`; retry while odd; copy the words
+//!   of the slots whose tag matches into local `MaybeUninit` buffers
+//!   (Relaxed atomic loads); `fence(Acquire)`; `h2 = header.load(Relaxed)`;
+//!   the copy is valid iff `h1 == h2`, and only then are the bytes turned
+//!   into a `K` and a `V` (a torn copy is never materialized, so keys with
+//!   invalid bit patterns, such as enums, stay sound).
+//!
+//! # Why a validated copy is one that was written together
+//! If the reader's copy read any word stored by a writer `W`, `W`'s
+//! `fence(Release)` precedes that store and the reader's `fence(Acquire)`
+//! follows its load, so `W`'s odd header store happens before the reader's
+//! `h2` load: `h2` is `W`'s odd value or later, and differs from `h1` unless
+//! `h1` itself came from `W`'s final store (`Acquire`), in which case every
+//! store of `W` happens before the copy, and a later writer's stores would
+//! again change `h2`. Versions are 32 bits: a reader would have to sleep
+//! through 2^31 writes to one bucket between its two loads to be fooled.
+//!
+//! loom checks a reader against an in-place value write, a remove and a
+//! resize (`loom-tests/tests/inline_table.rs`); the models fail if the
+//! version check or the fences are removed.
+//!
+//! # Words
+//! Keys and values may contain padding, which is uninitialised: copying it
+//! through `AtomicU64` would be undefined behaviour. So the words are
+//! [`atomic_maybe_uninit::AtomicMaybeUninit<u64>`], whose loads and stores
+//! are plain `mov`s in inline assembly on every target it supports. miri
+//! and loom cannot run assembly, so under them the words are `AtomicU64`,
+//! and the tests that run there use keys and values without padding.
+
+use std::marker::PhantomData;
+use std::mem::{size_of, MaybeUninit};
+
+use crate::sync::{fence, AtomicU64, Ordering};
+
+/// Words after the header in one line.
+pub(crate) const WORDS: usize = 7;
+/// Slots a header has tags for.
+pub(crate) const MAX_SLOTS: usize = 3;
+const TAG_SHIFT: u32 = 32;
+const VERSION_MASK: u64 = 0xFFFF_FFFF;
+pub(crate) const OVERFLOW: u64 = 1 << 63;
+
+#[cfg(not(any(miri, loom)))]
+type Word = atomic_maybe_uninit::AtomicMaybeUninit<u64>;
+
+/// `AtomicU64` with the `AtomicMaybeUninit` API, for miri and loom (see the
+/// module docs: only padding-free types may be stored under them).
+#[cfg(any(miri, loom))]
+struct Word(AtomicU64);
+
+#[cfg(any(miri, loom))]
+impl Word {
+    #[inline]
+    fn load(&self, order: Ordering) -> MaybeUninit<u64> {
+        MaybeUninit::new(self.0.load(order))
+    }
+
+    #[inline]
+    fn store(&self, value: MaybeUninit<u64>, order: Ordering) {
+        // SAFETY: under miri and loom only padding-free types are stored
+        // (module docs), and every buffer starts zeroed, so every byte is
+        // initialised.
+        self.0.store(unsafe { value.assume_init() }, order);
+    }
+}
+
+/// One cache line. All-zero bytes are a valid empty bucket (version 0, no
+/// tags), so an array of them may come from `alloc_zeroed`.
+#[repr(C, align(64))]
+pub(crate) struct Bucket {
+    header: AtomicU64,
+    words: [Word; WORDS],
+}
+
+const _: () = assert!(size_of::<Bucket>() == 64);
+
+/// How `K` and `V` are laid out in a bucket.
+pub(crate) struct Codec<K, V>(PhantomData<(K, V)>);
+
+impl<K, V> Codec<K, V> {
+    pub(crate) const KEY_WORDS: usize = size_of::<K>().div_ceil(8);
+    pub(crate) const VALUE_WORDS: usize = size_of::<V>().div_ceil(8);
+    const ENTRY_WORDS: usize = {
+        let words = Self::KEY_WORDS + Self::VALUE_WORDS;
+        if words == 0 {
+            1
+        } else {
+            words
+        }
+    };
+    /// Entries per bucket; an `InlineTable` needs at least 2.
+    pub(crate) const SLOTS: usize = {
+        let fit = WORDS / Self::ENTRY_WORDS;
+        if fit < MAX_SLOTS {
+            fit
+        } else {
+            MAX_SLOTS
+        }
+    };
+}
+
+/// The tag byte of `hash`: never 0 (0 marks an empty slot).
+#[inline(always)]
+pub(crate) fn tag_of(hash: u64) -> u8 {
+    (hash >> 40) as u8 | 0x80
+}
+
+#[inline(always)]
+fn tag_at(header: u64, slot: usize) -> u8 {
+    (header >> (TAG_SHIFT + 8 * slot as u32)) as u8
+}
+
+/// `MaybeUninit` words holding `value`'s bytes (the rest zero).
+#[inline(always)]
+fn to_words<T>(value: &T) -> [MaybeUninit<u64>; WORDS] {
+    let mut words = [MaybeUninit::new(0u64); WORDS];
+    debug_assert!(size_of::<T>() <= WORDS * 8);
+    // SAFETY: `words` has room for `size_of::<T>()` bytes (a `Codec` with at
+    // least one slot fits an entry in 7 words); `MaybeUninit` accepts any
+    // bytes, padding included; the two do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (value as *const T).cast::<u8>(),
+            words.as_mut_ptr().cast::<u8>(),
+            size_of::<T>(),
+        );
+    }
+    words
+}
+
+/// The `T` whose bytes `words` hold.
+///
+/// # Safety
+/// The first `size_of::<T>()` bytes of `words` are the bytes of a valid `T`
+/// (copied whole from one, not torn by a concurrent write).
+#[inline(always)]
+unsafe fn from_words<T>(words: &[MaybeUninit<u64>]) -> T {
+    debug_assert!(size_of::<T>() <= words.len() * 8);
+    // SAFETY: the caller's contract; `read_unaligned` because `T` may be
+    // more aligned than 8.
+    unsafe { std::ptr::read_unaligned(words.as_ptr().cast::<T>()) }
+}
+
+/// What a probe of one bucket found.
+pub(crate) enum Found<R> {
+    /// The visitor accepted an entry.
+    Hit(R),
+    /// Not here; whether the probe must go on to the next bucket.
+    Miss { overflow: bool },
+}
+
+impl Bucket {
+    /// The slot offset of entry `slot`.
+    #[inline(always)]
+    fn base<K, V>(slot: usize) -> usize {
+        slot * Codec::<K, V>::ENTRY_WORDS
+    }
+
+    /// Optimistically reads the entries tagged `tag`, and calls `visit` on
+    /// each validated one until it returns `Some`. No lock, no store.
+    #[inline(always)]
+    pub(crate) fn read<K, V, R>(
+        &self,
+        tag: u8,
+        visit: impl FnMut(&K, &V) -> Option<R>,
+    ) -> Found<R> {
+        self.read_selected(|t| t == tag, visit)
+    }
+
+    /// [`Self::read`] of the slots whose tag `select` accepts (never an
+    /// empty one: tag 0 is skipped).
+    #[inline(always)]
+    fn read_selected<K, V, R>(
+        &self,
+        select: impl Fn(u8) -> bool,
+        mut visit: impl FnMut(&K, &V) -> Option<R>,
+    ) -> Found<R> {
+        let slots = Codec::<K, V>::SLOTS;
+        let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
+        let mut copy = [MaybeUninit::<u64>::uninit(); WORDS];
+        loop {
+            let h1 = self.header.load(Ordering::Acquire);
+            if h1 & 1 != 0 {
+                std::hint::spin_loop(); // a writer is mid-change
+                crate::sync::yield_now();
+                continue;
+            }
+            let mut matched = 0u32;
+            for slot in 0..slots {
+                let tag = tag_at(h1, slot);
+                if tag != 0 && select(tag) {
+                    matched |= 1 << slot;
+                    let base = Self::base::<K, V>(slot);
+                    let range = base..base + kw + vw;
+                    for (copy, word) in copy[range.clone()].iter_mut().zip(&self.words[range]) {
+                        *copy = word.load(Ordering::Relaxed);
+                    }
+                }
+            }
+            fence(Ordering::Acquire);
+            if self.header.load(Ordering::Relaxed) != h1 {
+                continue;
+            }
+            for slot in 0..slots {
+                if matched & (1 << slot) != 0 {
+                    let base = Self::base::<K, V>(slot);
+                    // SAFETY: validated above: these words are one whole
+                    // entry, written together from a valid `K` and `V`.
+                    let key: K = unsafe { from_words(&copy[base..base + kw]) };
+                    // SAFETY: as above.
+                    let value: V = unsafe { from_words(&copy[base + kw..base + kw + vw]) };
+                    if let Some(result) = visit(&key, &value) {
+                        return Found::Hit(result);
+                    }
+                }
+            }
+            return Found::Miss {
+                overflow: h1 & OVERFLOW != 0,
+            };
+        }
+    }
+
+    /// Appends a validated copy of every entry (a consistent snapshot of
+    /// this bucket). No lock, no store.
+    pub(crate) fn read_all<K: Copy, V: Copy>(&self, out: &mut Vec<(K, V)>) {
+        let _ = self.read_selected::<K, V, ()>(
+            |tag| tag != 0,
+            |k, v| {
+                out.push((*k, *v));
+                None
+            },
+        );
+    }
+
+    /// The header, for the writer (which holds the lock, so it is stable).
+    #[inline]
+    pub(crate) fn header(&self) -> u64 {
+        self.header.load(Ordering::Relaxed)
+    }
+
+    /// The slot tagged `tag` for which `eq` accepts the key, and the first
+    /// free slot. For the writer, which holds the lock.
+    #[inline]
+    pub(crate) fn find_locked<K, V>(
+        &self,
+        tag: u8,
+        mut eq: impl FnMut(&K) -> bool,
+    ) -> (Option<usize>, Option<usize>) {
+        let header = self.header();
+        let mut free = None;
+        for slot in 0..Codec::<K, V>::SLOTS {
+            match tag_at(header, slot) {
+                0 => {
+                    free.get_or_insert(slot);
+                }
+                t if t == tag && eq(&self.key::<K, V>(slot)) => return (Some(slot), free),
+                _ => {}
+            }
+        }
+        (None, free)
+    }
+
+    /// The key in `slot`. For the writer (no concurrent write).
+    #[inline]
+    pub(crate) fn key<K, V>(&self, slot: usize) -> K {
+        let base = Self::base::<K, V>(slot);
+        let words: [MaybeUninit<u64>; WORDS] =
+            std::array::from_fn(|w| match w < Codec::<K, V>::KEY_WORDS {
+                true => self.words[base + w].load(Ordering::Relaxed),
+                false => MaybeUninit::uninit(),
+            });
+        // SAFETY: only this thread writes the bucket (it holds the lock), and
+        // an occupied slot holds a whole key.
+        unsafe { from_words(&words[..Codec::<K, V>::KEY_WORDS]) }
+    }
+
+    /// The value in `slot`. For the writer.
+    #[inline]
+    pub(crate) fn value<K, V>(&self, slot: usize) -> V {
+        let base = Self::base::<K, V>(slot) + Codec::<K, V>::KEY_WORDS;
+        let words: [MaybeUninit<u64>; WORDS] =
+            std::array::from_fn(|w| match w < Codec::<K, V>::VALUE_WORDS {
+                true => self.words[base + w].load(Ordering::Relaxed),
+                false => MaybeUninit::uninit(),
+            });
+        // SAFETY: as in `key`.
+        unsafe { from_words(&words[..Codec::<K, V>::VALUE_WORDS]) }
+    }
+
+    /// The occupied slots (a bit per slot). For the writer.
+    #[inline]
+    pub(crate) fn occupied<K, V>(&self) -> u32 {
+        let header = self.header();
+        (0..Codec::<K, V>::SLOTS)
+            .filter(|&slot| tag_at(header, slot) != 0)
+            .fold(0, |bits, slot| bits | 1 << slot)
+    }
+
+    /// Stores `words` at `at`, inside an odd version, then publishes
+    /// `header` (its version bits are replaced by the next even version).
+    fn write_words(&self, at: usize, words: &[MaybeUninit<u64>], header: u64) {
+        let old = self.header();
+        debug_assert!(old & 1 == 0, "one writer at a time");
+        self.header.store(old + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, word) in words.iter().enumerate() {
+            self.words[at + i].store(*word, Ordering::Relaxed);
+        }
+        self.publish(old, header);
+    }
+
+    /// Stores `header` with the version after `old`'s (by 2: even).
+    fn publish(&self, old: u64, header: u64) {
+        let version = (old & VERSION_MASK).wrapping_add(2) & VERSION_MASK;
+        self.header
+            .store((header & !VERSION_MASK) | version, Ordering::Release);
+    }
+
+    /// Writes `key` and `value` into free `slot` with `tag`.
+    pub(crate) fn insert<K, V>(&self, slot: usize, tag: u8, key: &K, value: &V) {
+        let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
+        let mut words = to_words(key);
+        words[kw..kw + vw].copy_from_slice(&to_words(value)[..vw]);
+        let header = self.header();
+        debug_assert_eq!(tag_at(header, slot), 0, "slot is free");
+        let tagged = header | u64::from(tag) << (TAG_SHIFT + 8 * slot as u32);
+        self.write_words(Self::base::<K, V>(slot), &words[..kw + vw], tagged);
+    }
+
+    /// Replaces the value in occupied `slot`.
+    pub(crate) fn set_value<K, V>(&self, slot: usize, value: &V) {
+        let base = Self::base::<K, V>(slot) + Codec::<K, V>::KEY_WORDS;
+        let words = to_words(value);
+        self.write_words(base, &words[..Codec::<K, V>::VALUE_WORDS], self.header());
+    }
+
+    /// Frees `slot` (its words are left as they are; no reader decodes a
+    /// slot without its tag).
+    pub(crate) fn remove(&self, slot: usize) {
+        let header = self.header();
+        let cleared = header & !(0xFF << (TAG_SHIFT + 8 * slot as u32));
+        self.publish(header, cleared);
+    }
+
+    /// Marks that an insert passed this bucket full.
+    pub(crate) fn set_overflow(&self) {
+        let header = self.header();
+        if header & OVERFLOW == 0 {
+            self.publish(header, header | OVERFLOW);
+        }
+    }
+
+    /// Whether an insert passed this bucket full.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.header() & OVERFLOW != 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn empty() -> Box<Bucket> {
+        // SAFETY: all-zero bytes are an empty bucket (see `Bucket`).
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+
+    #[test]
+    fn entries_round_trip_and_tags_filter() {
+        let bucket = empty();
+        assert_eq!(Codec::<u64, u32>::SLOTS, 3);
+        assert_eq!(Codec::<u64, [u64; 2]>::SLOTS, 2);
+        assert_eq!(Codec::<[u64; 2], [u64; 2]>::SLOTS, 1);
+        bucket.insert::<u64, u32>(1, 0x81, &7, &70);
+        bucket.insert::<u64, u32>(0, 0x82, &8, &80);
+        let hit = |tag, key: u64| match bucket
+            .read::<u64, u32, u32>(tag, |k, v| (*k == key).then_some(*v))
+        {
+            Found::Hit(v) => Some(v),
+            Found::Miss { .. } => None,
+        };
+        assert_eq!(
+            (hit(0x81, 7), hit(0x82, 8), hit(0x81, 8)),
+            (Some(70), Some(80), None)
+        );
+        bucket.set_value::<u64, u32>(1, &71);
+        assert_eq!(hit(0x81, 7), Some(71));
+        assert_eq!(bucket.find_locked::<u64, u32>(0x81, |k| *k == 7).0, Some(1));
+        assert_eq!(
+            bucket.find_locked::<u64, u32>(0x99, |_| true),
+            (None, Some(2))
+        );
+        bucket.remove(1);
+        assert_eq!(hit(0x81, 7), None);
+        assert_eq!(bucket.occupied::<u64, u32>(), 0b001);
+        assert!(!bucket.overflowed());
+        bucket.set_overflow();
+        assert!(matches!(
+            bucket.read::<u64, u32, ()>(0x81, |_, _| None),
+            Found::Miss { overflow: true }
+        ));
+        assert_eq!(bucket.header() & 1, 0, "even after every write");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "padding: under miri the words are AtomicU64")]
+    fn wide_and_oddly_sized_entries_round_trip() {
+        let bucket = empty();
+        let key = [1u64, 2];
+        let value = (3u32, 4u16, 5u8);
+        bucket.insert::<[u64; 2], (u32, u16, u8)>(0, 0x90, &key, &value);
+        bucket.insert::<[u64; 2], (u32, u16, u8)>(1, 0x90, &[9, 9], &(6, 7, 8));
+        let found =
+            bucket.read::<[u64; 2], (u32, u16, u8), _>(0x90, |k, v| (*k == key).then_some(*v));
+        assert!(matches!(found, Found::Hit(v) if v == value));
+        assert_eq!(bucket.key::<[u64; 2], (u32, u16, u8)>(1), [9, 9]);
+        assert_eq!(bucket.value::<[u64; 2], (u32, u16, u8)>(1), (6, 7, 8));
+    }
+}
