@@ -93,7 +93,7 @@ use std::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{fence, lock, AtomicPtr, AtomicU64, Mutex, Ordering};
+use crate::sync::{fence, lock, thread_locals, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread_index;
 
 struct Collector {
@@ -459,7 +459,7 @@ pub(crate) fn oldest_pinned_hint() -> u64 {
 /// thread tries to free it: the bound the tables document.
 pub(crate) const HELP_EVERY: u32 = if cfg!(loom) { 1 } else { 64 };
 
-crate::sync::thread_locals! {
+thread_locals! {
     /// Operations left before this thread next helps free kept garbage.
     static HELP_COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }

@@ -151,11 +151,16 @@ impl Array {
         debug_assert!(len.is_power_of_two());
         let layout = std::alloc::Layout::array::<Bucket>(len).expect("bucket count fits");
         // SAFETY: the layout has a non-zero size; all-zero bytes are valid
-        // empty buckets (see `Bucket`).
+        // empty buckets (see `Bucket`), except loom's, built below.
         let base = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Bucket>();
         let Some(base) = NonNull::new(base) else {
             std::alloc::handle_alloc_error(layout)
         };
+        #[cfg(loom)]
+        for i in 0..len {
+            // SAFETY: `i < len`, inside the allocation; written once.
+            unsafe { base.as_ptr().add(i).write(Bucket::empty()) };
+        }
         Array { base, len }
     }
 
@@ -186,8 +191,17 @@ impl Array {
 impl Drop for Array {
     fn drop(&mut self) {
         let layout = std::alloc::Layout::array::<Bucket>(self.len).expect("was allocated");
-        // SAFETY: allocated in `new` with this layout; buckets need no drop.
-        unsafe { std::alloc::dealloc(self.base.as_ptr().cast(), layout) };
+        #[cfg(loom)]
+        self.buckets().iter().for_each(Bucket::poison);
+        // SAFETY: `len` buckets built in `new`, dropped once (a no-op but
+        // under loom); then freed with the layout they were allocated with.
+        unsafe {
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
+                self.base.as_ptr(),
+                self.len,
+            ));
+            std::alloc::dealloc(self.base.as_ptr().cast(), layout);
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub(crate) const MAX_SLOTS: usize = 3;
 const TAG_SHIFT: u32 = 32;
 const VERSION_MASK: u64 = 0xFFFF_FFFF;
 pub(crate) const OVERFLOW: u64 = 1 << 63;
+/// A header no live bucket has (odd, with every tag set): see `poison`.
+#[cfg(loom)]
+const POISON: u64 = u64::MAX;
 
 #[cfg(not(any(miri, loom)))]
 type Word = atomic_maybe_uninit::AtomicMaybeUninit<u64>;
@@ -99,7 +102,28 @@ pub(crate) struct Bucket {
     words: [Word; WORDS],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<Bucket>() == 64);
+
+impl Bucket {
+    /// An empty bucket: all zero, as `alloc_zeroed` makes them (loom's
+    /// atomics must be built, not zeroed).
+    #[cfg(loom)]
+    pub(crate) fn empty() -> Bucket {
+        Bucket {
+            header: AtomicU64::new(0),
+            words: std::array::from_fn(|_| Word(AtomicU64::new(0))),
+        }
+    }
+
+    /// Under loom, marks a bucket whose array is being freed, so that a
+    /// reader that reaches it (a reclamation bug) fails the model: loom
+    /// does not see accesses to freed memory itself.
+    #[cfg(loom)]
+    pub(crate) fn poison(&self) {
+        self.header.store(POISON, Ordering::Relaxed);
+    }
+}
 
 /// How `K` and `V` are laid out in a bucket.
 pub(crate) struct Codec<K, V>(PhantomData<(K, V)>);
@@ -207,6 +231,8 @@ impl Bucket {
         let mut copy = [MaybeUninit::<u64>::uninit(); WORDS];
         loop {
             let h1 = self.header.load(Ordering::Acquire);
+            #[cfg(loom)]
+            assert_ne!(h1, POISON, "read a bucket of a freed array");
             if h1 & 1 != 0 {
                 std::hint::spin_loop(); // a writer is mid-change
                 crate::sync::yield_now();
