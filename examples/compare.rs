@@ -1,5 +1,6 @@
-//! Side-by-side throughput of RouterTable and its peers on bustle's
-//! workloads (the ones conc-map-bench uses), all in this one process.
+//! Side-by-side throughput of InlineTable, RouterTable and their peers on
+//! bustle's workloads (the ones conc-map-bench uses), all in this one
+//! process.
 //!
 //! ```text
 //! cargo run --release --example compare [-- --rounds 3 --threads 1,2 --cap-log2 22 --workload NAME]
@@ -9,12 +10,13 @@
 //! u64 → u32 entries, each map in its own child process (`--workload memory`
 //! prints only those).
 //!
-//! Prints Mop/s per map and the ratio of RouterTable to the best peer in the
-//! same run (the median over rounds, rounds interleaved across maps).
+//! Prints Mop/s per map and the ratios of InlineTable and RouterTable to the
+//! best peer in the same run (the median over rounds, rounds interleaved
+//! across maps), and of RouterTable to papaya.
 use std::sync::Arc;
 
 use bustle::{Collection, CollectionHandle, Mix, Workload};
-use shardlock::RouterTable;
+use shardlock::{InlineTable, RouterTable};
 
 type Hasher = ahash::RandomState;
 
@@ -56,6 +58,13 @@ macro_rules! adapter {
     };
 }
 
+adapter!(Inline, InlineTable<u64, u32, Hasher>, |c| InlineTable::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.get(k).is_some(),
+    insert: m.insert(*k, 0).is_none(),
+    remove: m.remove(k).is_some(),
+    update: m.update(k, |v| *v += 1).is_some(),
+});
+
 adapter!(Router, RouterTable<u64, u32, Hasher>, |c| RouterTable::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
     get: m.contains_key(k),
     insert: m.insert(*k, 0).is_none(),
@@ -91,21 +100,35 @@ adapter!(SccIndex, scc::HashIndex<u64, u32, Hasher>, |c| scc::HashIndex::with_ca
     update: m.get_sync(k).map(|mut e| { let v = *e.get() + 1; e.update(v) }).is_some(),
 });
 
-const MAPS: [&str; 5] = [
+adapter!(Leap, leapfrog::LeapMap<u64, u32, Hasher>, |c| leapfrog::LeapMap::with_capacity_and_hasher(c, Hasher::new()), |m, k| {
+    get: m.get(k).is_some(),
+    insert: m.insert(*k, 0).is_none(),
+    remove: m.remove(k).is_some(),
+    update: m.update(k, 1).is_some(),
+});
+
+/// Ours first ([`OURS`] of them), then the peers.
+const MAPS: [&str; 7] = [
+    "InlineTable",
     "RouterTable",
     "dashmap",
     "papaya",
     "scc HashMap",
     "scc HashIndex",
+    "leapfrog",
 ];
+const OURS: usize = 2;
+const PAPAYA: usize = 3;
 
 fn run_map(index: usize, workload: &Workload) -> f64 {
     let m = match index {
-        0 => workload.run_silently::<Router>(),
-        1 => workload.run_silently::<Dash>(),
-        2 => workload.run_silently::<Papaya>(),
-        3 => workload.run_silently::<SccMap>(),
-        _ => workload.run_silently::<SccIndex>(),
+        0 => workload.run_silently::<Inline>(),
+        1 => workload.run_silently::<Router>(),
+        2 => workload.run_silently::<Dash>(),
+        3 => workload.run_silently::<Papaya>(),
+        4 => workload.run_silently::<SccMap>(),
+        5 => workload.run_silently::<SccIndex>(),
+        _ => workload.run_silently::<Leap>(),
     };
     m.throughput / 1e6
 }
@@ -128,11 +151,13 @@ fn fill_peak(index: usize, capacity: usize, n: u64) -> u64 {
         map
     }
     let map: Box<dyn std::any::Any> = match index {
-        0 => Box::new(fill::<Router>(capacity, n)),
-        1 => Box::new(fill::<Dash>(capacity, n)),
-        2 => Box::new(fill::<Papaya>(capacity, n)),
-        3 => Box::new(fill::<SccMap>(capacity, n)),
-        _ => Box::new(fill::<SccIndex>(capacity, n)),
+        0 => Box::new(fill::<Inline>(capacity, n)),
+        1 => Box::new(fill::<Router>(capacity, n)),
+        2 => Box::new(fill::<Dash>(capacity, n)),
+        3 => Box::new(fill::<Papaya>(capacity, n)),
+        4 => Box::new(fill::<SccMap>(capacity, n)),
+        5 => Box::new(fill::<SccIndex>(capacity, n)),
+        _ => Box::new(fill::<Leap>(capacity, n)),
     };
     let peak = peak_resident_bytes();
     drop(map);
@@ -173,10 +198,12 @@ fn memory_rows(cap_log2: u8) {
             .map(|i| (child(i, capacity, n).saturating_sub(baseline)) as f64 / n as f64)
             .collect();
         let cells: Vec<String> = per_entry.iter().map(|b| format!("{b:.1}")).collect();
+        let dash = per_entry[OURS];
         println!(
-            "| memory, bytes/entry ({label}, 2^{cap_log2} entries) | - | {} | {:.2}× dashmap |",
+            "| memory, bytes/entry ({label}, 2^{cap_log2} entries) | - | {} | {:.2}× dashmap | {:.2}× dashmap | |",
             cells.join(" | "),
-            per_entry[0] / per_entry[1]
+            per_entry[0] / dash,
+            per_entry[1] / dash
         );
     }
 }
@@ -239,10 +266,10 @@ fn main() {
          median of {rounds} round(s); Mop/s"
     );
     println!(
-        "| workload | threads | {} | RouterTable ÷ best peer |",
+        "| workload | threads | {} | InlineTable ÷ best peer | RouterTable ÷ best peer | RouterTable ÷ papaya |",
         MAPS.join(" | ")
     );
-    println!("|---|---|{}---|", "---|".repeat(MAPS.len()));
+    println!("|---|---|{}---|---|---|", "---|".repeat(MAPS.len()));
     let mut read_only = Vec::new();
     for (name, mix, prefill) in workloads() {
         if only.as_deref().is_some_and(|w| w != name) {
@@ -261,12 +288,14 @@ fn main() {
                 }
             }
             let mops: Vec<f64> = samples.into_iter().map(median).collect();
-            let best_peer = mops[1..].iter().copied().fold(f64::MIN, f64::max);
+            let best_peer = mops[OURS..].iter().copied().fold(f64::MIN, f64::max);
             let cells: Vec<String> = mops.iter().map(|m| format!("{m:.1}")).collect();
             println!(
-                "| {name} | {t} | {} | {:.2}× |",
+                "| {name} | {t} | {} | {:.2}× | {:.2}× | {:.2}× |",
                 cells.join(" | "),
-                mops[0] / best_peer
+                mops[0] / best_peer,
+                mops[1] / best_peer,
+                mops[1] / mops[PAPAYA]
             );
             if name == "read-only" {
                 read_only.push((t, mops[0]));
@@ -278,7 +307,7 @@ fn main() {
     }
     if let (Some(&(1, one)), Some(&(2, two))) = (read_only.first(), read_only.get(1)) {
         println!(
-            "\nRouterTable read-only scaling, 2 threads ÷ 1 thread: {:.2}",
+            "\nInlineTable read-only scaling, 2 threads ÷ 1 thread: {:.2}",
             two / one
         );
     }
