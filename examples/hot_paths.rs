@@ -8,14 +8,16 @@
 //!
 //! Subtract the `base` run (the same setup, no loop) and divide by the count.
 //! Paths: `get` (a hit on a 1k-entry `RouterTable`), `insert` (replacing a
-//! value), `path-read` (a depth-3 `PathLock` read, locked and released). A
+//! value), `inline-get` and `inline-insert` (the same on an `InlineTable`),
+//! `std-get` (a bare `std::collections::HashMap` with ahash), `path-read` (a
+//! depth-3 `PathLock` read, locked and released). A
 //! third argument starts that many idle threads first, each of which has
 //! read the table once (so it owns an epoch row that every collection
 //! scans), and which stay alive, unpinned, until the end.
 
 use std::hint::black_box;
 
-use shardlock::{PathLock, RouterTable};
+use shardlock::{InlineTable, PathLock, RouterTable};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -48,7 +50,25 @@ fn main() {
 }
 
 fn run(path: &str, count: u64, table: &RouterTable<u64, u64>, lock: &PathLock) {
+    let inline: InlineTable<u64, u64> = (0..1000).map(|k| (k, k)).collect();
+    let std: std::collections::HashMap<u64, u64, ahash::RandomState> =
+        (0..1000).map(|k| (k, k)).collect();
     match path {
+        "inline-get" => {
+            for i in 0..count {
+                black_box(inline.get(&black_box(i % 1000)));
+            }
+        }
+        "inline-insert" => {
+            for i in 0..count {
+                black_box(inline.insert(black_box(i % 1000), i));
+            }
+        }
+        "std-get" => {
+            for i in 0..count {
+                black_box(std.get(&black_box(i % 1000)));
+            }
+        }
         "base" => {}
         "get" => {
             for i in 0..count {

@@ -308,7 +308,7 @@ enum Pin {
 /// Pins this thread: objects retired from now on are not freed until the
 /// guard is dropped, and objects retired before are not freed while the
 /// thread can still reach them. Reentrant.
-#[inline]
+#[inline(always)]
 pub(crate) fn pin() -> Guard {
     let c = collector();
     // Held until the guard is dropped: a thread-local destructor that drops

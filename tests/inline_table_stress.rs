@@ -15,12 +15,20 @@ fn mix(key: u64) -> u64 {
     key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
-const ROUNDS: u64 = if cfg!(debug_assertions) { 20_000 } else { 200_000 };
+const ROUNDS: u64 = if cfg!(debug_assertions) {
+    20_000
+} else {
+    200_000
+};
 
 #[test]
 fn readers_never_see_a_torn_or_foreign_16_byte_entry() {
     // Value: version in the top 44 bits, the key in the low 20.
-    let table = Arc::new(InlineTable::<u64, u64>::with_shards(2, 0, Default::default()));
+    let table = Arc::new(InlineTable::<u64, u64>::with_shards(
+        2,
+        0,
+        Default::default(),
+    ));
     for k in 0..64 {
         table.insert(k, k);
     }
@@ -40,7 +48,11 @@ fn readers_never_see_a_torn_or_foreign_16_byte_entry() {
 
 #[test]
 fn readers_never_see_a_torn_24_byte_entry() {
-    let table = Arc::new(InlineTable::<u64, [u64; 2]>::with_shards(2, 0, Default::default()));
+    let table = Arc::new(InlineTable::<u64, [u64; 2]>::with_shards(
+        2,
+        0,
+        Default::default(),
+    ));
     for k in 0..64 {
         table.insert(k, [0, mix(k)]);
     }
@@ -65,7 +77,11 @@ fn readers_never_see_a_torn_24_byte_entry() {
 
 #[test]
 fn keys_stay_visible_while_shards_grow_and_shrink() {
-    let table = Arc::new(InlineTable::<u64, u64>::with_shards(4, 0, Default::default()));
+    let table = Arc::new(InlineTable::<u64, u64>::with_shards(
+        4,
+        0,
+        Default::default(),
+    ));
     const STABLE: u64 = 100;
     for k in 0..STABLE {
         table.insert(k, k);
@@ -98,7 +114,11 @@ fn keys_stay_visible_while_shards_grow_and_shrink() {
 
 #[test]
 fn len_is_exact_after_a_churn() {
-    let table = Arc::new(InlineTable::<u64, u32>::with_shards(4, 0, Default::default()));
+    let table = Arc::new(InlineTable::<u64, u32>::with_shards(
+        4,
+        0,
+        Default::default(),
+    ));
     let t = table.clone();
     run_threads(move |thread| {
         // Each thread owns keys ≡ thread (mod THREADS): it inserts 3,000 and

@@ -63,6 +63,8 @@ use crate::sync::{fence, AtomicU64, Ordering};
 pub(crate) const WORDS: usize = 7;
 /// Slots a header has tags for.
 pub(crate) const MAX_SLOTS: usize = 3;
+/// Words one key or value may take (with a one-word partner, 3 in all).
+const MAX_FIELD_WORDS: usize = 2;
 const TAG_SHIFT: u32 = 32;
 const VERSION_MASK: u64 = 0xFFFF_FFFF;
 pub(crate) const OVERFLOW: u64 = 1 << 63;
@@ -226,45 +228,37 @@ impl Bucket {
         select: impl Fn(u8) -> bool,
         mut visit: impl FnMut(&K, &V) -> Option<R>,
     ) -> Found<R> {
-        let slots = Codec::<K, V>::SLOTS;
         let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
-        let mut copy = [MaybeUninit::<u64>::uninit(); WORDS];
-        loop {
+        'retry: loop {
             let h1 = self.header.load(Ordering::Acquire);
-            #[cfg(loom)]
-            assert_ne!(h1, POISON, "read a bucket of a freed array");
             if h1 & 1 != 0 {
                 std::hint::spin_loop(); // a writer is mid-change
                 crate::sync::yield_now();
                 continue;
             }
-            let mut matched = 0u32;
-            for slot in 0..slots {
+            // Each selected slot is copied and validated on its own (usually
+            // there is one), so the copy stays in registers.
+            for slot in 0..Codec::<K, V>::SLOTS {
                 let tag = tag_at(h1, slot);
-                if tag != 0 && select(tag) {
-                    matched |= 1 << slot;
-                    let base = Self::base::<K, V>(slot);
-                    let range = base..base + kw + vw;
-                    for (copy, word) in copy[range.clone()].iter_mut().zip(&self.words[range]) {
-                        *copy = word.load(Ordering::Relaxed);
-                    }
+                if tag == 0 || !select(tag) {
+                    continue;
                 }
-            }
-            fence(Ordering::Acquire);
-            if self.header.load(Ordering::Relaxed) != h1 {
-                continue;
-            }
-            for slot in 0..slots {
-                if matched & (1 << slot) != 0 {
-                    let base = Self::base::<K, V>(slot);
-                    // SAFETY: validated above: these words are one whole
-                    // entry, written together from a valid `K` and `V`.
-                    let key: K = unsafe { from_words(&copy[base..base + kw]) };
-                    // SAFETY: as above.
-                    let value: V = unsafe { from_words(&copy[base + kw..base + kw + vw]) };
-                    if let Some(result) = visit(&key, &value) {
-                        return Found::Hit(result);
-                    }
+                let base = Self::base::<K, V>(slot);
+                let mut copy = [MaybeUninit::<u64>::uninit(); MAX_FIELD_WORDS * 2];
+                for (copy, word) in copy.iter_mut().zip(&self.words[base..base + kw + vw]) {
+                    *copy = word.load(Ordering::Relaxed);
+                }
+                fence(Ordering::Acquire);
+                if self.header.load(Ordering::Relaxed) != h1 {
+                    continue 'retry;
+                }
+                // SAFETY: validated above: these words are one whole entry,
+                // written together from a valid `K` and `V`.
+                let key: K = unsafe { from_words(&copy[..kw]) };
+                // SAFETY: as above.
+                let value: V = unsafe { from_words(&copy[kw..kw + vw]) };
+                if let Some(result) = visit(&key, &value) {
+                    return Found::Hit(result);
                 }
             }
             return Found::Miss {
