@@ -21,7 +21,8 @@ enum Op {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let table: InlineTable<u64, u64> = InlineTable::with_shards(2, 0, ahash::RandomState::with_seeds(1, 2, 3, 4));
+    let table: InlineTable<u64, u64> =
+        InlineTable::with_shards(2, 0, ahash::RandomState::with_seeds(1, 2, 3, 4));
     let mut model: HashMap<u64, u64> = HashMap::new();
     for op in ops {
         match op {
@@ -32,7 +33,13 @@ fuzz_target!(|ops: Vec<Op>| {
                     *v = v.wrapping_add(d);
                     *v
                 });
-                assert_eq!(table.update(&k.into(), |v| { *v = v.wrapping_add(d); *v }), want);
+                assert_eq!(
+                    table.update(&k.into(), |v| {
+                        *v = v.wrapping_add(d);
+                        *v
+                    }),
+                    want
+                );
             }
             Op::GetOrInsert(k, v) => {
                 let want = *model.entry(k.into()).or_insert(v);

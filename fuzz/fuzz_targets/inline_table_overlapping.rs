@@ -24,15 +24,22 @@ fn check(key: u64, value: Option<[u64; 2]>, last: &mut [u64; 32]) {
     if let Some([version, check]) = value {
         assert_eq!(check, version ^ mix(key), "torn or foreign value for {key}");
         let slot = &mut last[key as usize];
-        assert!(version >= *slot, "version of {key} went back: {slot} then {version}");
+        assert!(
+            version >= *slot,
+            "version of {key} went back: {slot} then {version}"
+        );
         *slot = version;
     }
 }
 
 fuzz_target!(|ops: (Vec<Op>, Vec<Op>)| {
-    let table: InlineTable<u64, [u64; 2]> = InlineTable::with_shards(1, 0, ahash::RandomState::with_seeds(1, 2, 3, 4));
+    let table: InlineTable<u64, [u64; 2]> =
+        InlineTable::with_shards(1, 0, ahash::RandomState::with_seeds(1, 2, 3, 4));
     std::thread::scope(|s| {
-        for ops in [ops.0, ops.1] {
+        // Joined explicitly: a scope's implicit join does not wait for the
+        // threads' thread-local destructors, which LeakSanitizer would then
+        // see as leaks.
+        let handles = [ops.0, ops.1].map(|ops| {
             let table = &table;
             s.spawn(move || {
                 let mut last = [0u64; 32];
@@ -63,7 +70,10 @@ fuzz_target!(|ops: (Vec<Op>, Vec<Op>)| {
                         }
                     }
                 }
-            });
+            })
+        });
+        for handle in handles {
+            handle.join().unwrap();
         }
     });
     for (key, [version, check]) in table.iter() {
