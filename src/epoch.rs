@@ -294,6 +294,8 @@ pub(crate) fn heavy_barrier() {
 pub(crate) struct Guard(Pin, PhantomData<*const ()>);
 
 enum Pin {
+    /// The outermost pin of a live thread, through its cached row.
+    Cached(&'static AtomicU64),
     /// Inside another pin of this thread: nothing to undo.
     Nested,
     /// The outermost pin of a thread with an index: it holds the index
@@ -310,6 +312,30 @@ enum Pin {
 /// thread can still reach them. Reentrant.
 #[inline(always)]
 pub(crate) fn pin() -> Guard {
+    // The fast path: the row cached for this live thread (see
+    // `thread_index::cached_row`), which needs no hold.
+    let cached = thread_index::cached_row().cast::<AtomicU64>();
+    if !cached.is_null() {
+        // SAFETY: a cached row is one of the collector's rows, which live
+        // as long as the collector (the whole program, or a loom execution,
+        // which also resets thread-locals).
+        let row: &'static AtomicU64 = unsafe { &*cached };
+        if row.load(Ordering::Relaxed) != 0 {
+            return Guard(Pin::Nested, PhantomData);
+        }
+        let c = collector();
+        row.store(c.epoch.load(Ordering::Acquire), Ordering::Release);
+        c.light_barrier();
+        return Guard(Pin::Cached(row), PhantomData);
+    }
+    pin_slow()
+}
+
+/// The first pin of a thread, or a pin during thread teardown: holds the
+/// index for the guard's life, and caches the row if the thread is live.
+#[cold]
+#[inline(never)]
+fn pin_slow() -> Guard {
     let c = collector();
     // Held until the guard is dropped: a thread-local destructor that drops
     // the thread's last read guard inside this pin cannot give the index
@@ -317,6 +343,7 @@ pub(crate) fn pin() -> Guard {
     let hold = thread_index::hold();
     match c.rows.get(hold.index()) {
         Some(row) => {
+            thread_index::cache_row(hold.index(), (&**row as *const AtomicU64).cast());
             if row.load(Ordering::Relaxed) != 0 {
                 return Guard(Pin::Nested, PhantomData);
             }
@@ -341,6 +368,7 @@ impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
         match self.0 {
+            Pin::Cached(row) => row.store(0, Ordering::Release),
             // The hold ends after this, when the field is dropped.
             Pin::Row { row, .. } => row.store(0, Ordering::Release),
             Pin::Nested => {}
@@ -655,6 +683,7 @@ mod tests {
         let outer = pin();
         let inner = pin();
         assert!(matches!(inner.0, Pin::Nested | Pin::Overflow(_)));
+        assert!(matches!(outer.0, Pin::Cached(_) | Pin::Row { .. }));
         drop(inner);
         // Still pinned: something retired now waits for `outer`.
         let drops = Arc::new(AtomicUsize::new(0));
@@ -681,7 +710,9 @@ mod tests {
                         let guard = pin();
                         barrier.wait(); // all pinned at once
                         let row = match guard.0 {
-                            Pin::Row { row, .. } => Ok(row as *const AtomicU64 as usize),
+                            Pin::Row { row, .. } | Pin::Cached(row) => {
+                                Ok(row as *const AtomicU64 as usize)
+                            }
                             Pin::Nested => Err("a first pin was taken for a nested one"),
                             Pin::Overflow(_) => Err("pinned through the overflow mutex"),
                         };

@@ -234,6 +234,9 @@ struct State {
     live: usize,
     /// Buckets with `OVERFLOW` set in the current array.
     overflowed: usize,
+    /// `overflowed` right after the last rebuild: what the load alone
+    /// causes. Only marks beyond it (left by removes) call for a rebuild.
+    overflowed_at_rebuild: usize,
     /// Never shrink below this many buckets.
     min_buckets: usize,
     bin: Bin<Array>,
@@ -314,7 +317,7 @@ impl Locked<'_> {
                 .max(2 * buckets)
                 .max(1);
             self.rebuild::<K, V, S>(len, hasher);
-        } else if self.state.overflowed > buckets / 8 {
+        } else if self.state.overflowed > self.state.overflowed_at_rebuild + buckets / 8 {
             self.rebuild::<K, V, S>(buckets, hasher);
         }
     }
@@ -350,6 +353,7 @@ impl Locked<'_> {
         });
         let old = self.head.swap(word, Ordering::Release);
         self.state.overflowed = overflowed;
+        self.state.overflowed_at_rebuild = overflowed;
         if !old.is_null() {
             // SAFETY: `old` was published from an `Array` and is unlinked now.
             self.state.bin.push(unsafe { Array::from_word(old) });
@@ -460,6 +464,7 @@ impl<K, V, S> InlineTable<K, V, S> {
                         state: Mutex::new(State {
                             live: 0,
                             overflowed: 0,
+                            overflowed_at_rebuild: 0,
                             min_buckets,
                             bin: Bin::default(),
                         }),
@@ -565,6 +570,7 @@ impl<K, V, S> InlineTable<K, V, S> {
                 shard.retired = true;
             }
             shard.state.overflowed = 0;
+            shard.state.overflowed_at_rebuild = 0;
             shard.set_live(0);
             drop(shard.finish());
         }

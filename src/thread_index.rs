@@ -111,6 +111,8 @@ struct Local {
     exiting: Cell<bool>,
     /// [`thread_id`], or 0 before first use.
     id: Cell<u64>,
+    /// The epoch's cache of this thread's row (see [`cached_row`]).
+    row: Cell<*const ()>,
 }
 
 /// Only its destructor matters: it runs when the thread exits.
@@ -120,6 +122,7 @@ impl Drop for ExitHook {
     fn drop(&mut self) {
         let _ = LOCAL.try_with(|local| {
             local.exiting.set(true);
+            local.row.set(std::ptr::null());
             if local.holds.get() == 0 {
                 give_back(local.index.replace(NO_INDEX));
             }
@@ -134,6 +137,7 @@ thread_locals! {
             holds: Cell::new(0),
             exiting: Cell::new(false),
             id: Cell::new(0),
+            row: Cell::new(std::ptr::null()),
         }
     };
     static EXIT_HOOK: ExitHook = const { ExitHook };
@@ -251,6 +255,26 @@ impl Drop for Hold {
             released();
         }
     }
+}
+
+/// A pointer a caller caches per thread for the thread's index (the epoch
+/// keeps its row there): null until [`cache_row`], and null again from the
+/// moment the thread starts exiting, when holds start to count. So a
+/// non-null value may be used without a [`Hold`]: the index cannot be given
+/// back before the thread exits.
+#[inline(always)]
+pub(crate) fn cached_row() -> *const () {
+    LOCAL.try_with(|local| local.row.get()).unwrap_or(std::ptr::null())
+}
+
+/// Caches `row` for [`cached_row`], if the thread is not exiting and still
+/// holds `index` (a thread without an index caches nothing).
+pub(crate) fn cache_row(index: usize, row: *const ()) {
+    let _ = LOCAL.try_with(|local| {
+        if !local.exiting.get() && local.index.get() == index && index < UNASSIGNED {
+            local.row.set(row);
+        }
+    });
 }
 
 /// A never-reused, non-zero identity of this thread, available even while
