@@ -62,10 +62,10 @@ const MAX_LOAD: (usize, usize) = (3, 4);
 /// the entry in place under its shard's lock and allocates nothing.
 ///
 /// Pick it over [`RouterTable`](crate::RouterTable) when keys and values
-/// are small `Copy` types (key and value, each rounded up to 8-byte words,
-/// in at most 3 words together: `u64 → u64`, `u64 → [u64; 2]`,
-/// `(u32, u32) → f64`...), and RouterTable when they are not (strings,
-/// `Arc`s, anything with a `Drop`).
+/// are small `Copy` types (key and value, each rounded up to a multiple of 4
+/// bytes, in at most 28 bytes together: `u64 → u32` (4 entries a line),
+/// `u64 → u64` (3), `u64 → [u64; 2]` (2), `(u32, u32) → f64`...), and
+/// RouterTable when they are not (strings, `Arc`s, anything with a `Drop`).
 ///
 /// # Semantics
 /// * Every single-key operation is linearizable.
@@ -87,19 +87,18 @@ const MAX_LOAD: (usize, usize) = (3, 4);
 ///   allowed (see the `bucket` module).
 ///
 /// # Sizes
-/// `K` and `V`, each rounded up to 8-byte words, must fit in 3 words
-/// together, so that a line holds at least two entries. Larger ones fail to
-/// compile (a `const` assertion that names `RouterTable`, which stores
-/// entries of any size behind pointers):
+/// `K` and `V`, each rounded up to a multiple of 4 bytes, must fit in 28
+/// bytes together, so that a line holds at least two entries. Larger ones
+/// fail to compile (a `const` assertion that names `RouterTable`, which
+/// stores entries of any size behind pointers):
 ///
 /// ```compile_fail
 /// let _ = shardlock::InlineTable::<[u64; 2], [u64; 2]>::new();
 /// ```
 ///
 /// # Memory
-/// One 64-byte line per bucket, 2 or 3 entries a line, at a load between
-/// 3/16 and 3/4 of the slots: 32 bytes per entry for `u64 → u32` presized at
-/// 2^22 (see BENCHMARKS.md). Arrays are the only allocations; a replaced
+/// One 64-byte line per bucket, 2 to 4 entries a line, at a load between
+/// 3/16 and 3/4 of the slots (see BENCHMARKS.md for bytes per entry). Arrays are the only allocations; a replaced
 /// array is freed through the epoch once no reader is in it (within 64
 /// operations of any one thread after the last such reader unpins, as for
 /// `RouterTable`).
@@ -441,8 +440,9 @@ impl<K, V, S> InlineTable<K, V, S> {
         const {
             assert!(
                 Codec::<K, V>::SLOTS >= 2,
-                "InlineTable: the key and value, each rounded up to 8-byte words, must fit in \
-                 3 words together (two entries per cache line); use RouterTable for larger ones"
+                "InlineTable: the key and value, each rounded up to a multiple of 4 bytes, must \
+                 fit in 28 bytes together (two entries per cache line); use RouterTable for \
+                 larger ones"
             );
         }
         let shards = shards.clamp(1, 1 << 16).next_power_of_two();
@@ -648,26 +648,13 @@ where
 
     /// Runs `visit` on the entries of `key`'s probe until it returns `Some`.
     #[inline(always)]
-    fn probe<R>(&self, hash: u64, mut visit: impl FnMut(&K, &V) -> Option<R>) -> Option<R> {
+    fn probe<R>(&self, hash: u64, visit: impl FnMut(&K, &V) -> Option<R>) -> Option<R> {
         let head = &self.heads[self.shard_of(hash)];
         let found = {
             let _pin = epoch::pin();
             // SAFETY: pinned, so the array stays allocated.
-            let buckets = unsafe { buckets(head.load(Ordering::Acquire)) }?;
-            let (mask, tag) = (buckets.len() - 1, tag_of(hash));
-            let mut at = hash as usize & mask;
-            let mut found = None;
-            for _ in 0..buckets.len() {
-                match buckets[at].read::<K, V, R>(tag, &mut visit) {
-                    Found::Hit(result) => {
-                        found = Some(result);
-                        break;
-                    }
-                    Found::Miss { overflow: false } => break,
-                    Found::Miss { overflow: true } => at = (at + 1) & mask,
-                }
-            }
-            found
+            unsafe { buckets(head.load(Ordering::Acquire)) }
+                .and_then(|buckets| search(buckets, hash, visit))
         };
         self.after_operation();
         found
@@ -719,22 +706,10 @@ where
                 .zip(heads.into_iter().zip(&mut results))
             {
                 // SAFETY: as above.
-                let Some(buckets) = (unsafe { buckets(head) }) else {
-                    continue;
-                };
-                let (mask, tag) = (buckets.len() - 1, tag_of(hash));
-                let mut at = hash as usize & mask;
-                for _ in 0..buckets.len() {
-                    match buckets[at]
-                        .read::<K, V, V>(tag, |k, v| (k.borrow() == *key).then_some(*v))
-                    {
-                        Found::Hit(value) => {
-                            *out = Some(value);
-                            break;
-                        }
-                        Found::Miss { overflow: false } => break,
-                        Found::Miss { overflow: true } => at = (at + 1) & mask,
-                    }
+                if let Some(buckets) = unsafe { buckets(head) } {
+                    *out = search(buckets, hash, |k: &K, v: &V| {
+                        (k.borrow() == *key).then_some(*v)
+                    });
                 }
             }
         }
@@ -878,6 +853,44 @@ where
         }
         self.after_operation();
     }
+}
+
+/// Runs `visit` on the entries of `hash`'s probe in `buckets` until it
+/// returns `Some`: the home bucket inline, the rest (rare) out of line.
+#[inline(always)]
+fn search<K, V, R>(
+    buckets: &[Bucket],
+    hash: u64,
+    mut visit: impl FnMut(&K, &V) -> Option<R>,
+) -> Option<R> {
+    let home = hash as usize & (buckets.len() - 1);
+    match buckets[home].read::<K, V, R>(tag_of(hash), &mut visit) {
+        Found::Hit(result) => Some(result),
+        Found::Miss { overflow: false } => None,
+        Found::Miss { overflow: true } => search_on(buckets, home, tag_of(hash), visit),
+    }
+}
+
+/// The probe past an overflowed home bucket.
+#[cold]
+#[inline(never)]
+fn search_on<K, V, R>(
+    buckets: &[Bucket],
+    home: usize,
+    tag: u8,
+    mut visit: impl FnMut(&K, &V) -> Option<R>,
+) -> Option<R> {
+    let mask = buckets.len() - 1;
+    let mut at = home;
+    for _ in 1..buckets.len() {
+        at = (at + 1) & mask;
+        match buckets[at].read::<K, V, R>(tag, &mut visit) {
+            Found::Hit(result) => return Some(result),
+            Found::Miss { overflow: false } => return None,
+            Found::Miss { overflow: true } => {}
+        }
+    }
+    None
 }
 
 /// Issues a prefetch of `bucket`'s line (a hint; nothing where unsupported).

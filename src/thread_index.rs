@@ -264,7 +264,9 @@ impl Drop for Hold {
 /// back before the thread exits.
 #[inline(always)]
 pub(crate) fn cached_row() -> *const () {
-    LOCAL.try_with(|local| local.row.get()).unwrap_or(std::ptr::null())
+    LOCAL
+        .try_with(|local| local.row.get())
+        .unwrap_or(std::ptr::null())
 }
 
 /// Caches `row` for [`cached_row`], if the thread is not exiting and still

@@ -4,33 +4,36 @@
 //! writer lock.
 //!
 //! # Layout
-//! A bucket is one cache line: the header, then 7 words. An entry takes
-//! `ceil(size_of::<K>() / 8)` key words then `ceil(size_of::<V>() / 8)`
-//! value words; a bucket holds `min(7 / entry_words, 3)` entries
-//! ([`Codec::SLOTS`]), so 3 for `u64 → u32` and 2 for `u64 → [u64; 2]`.
+//! A bucket is one cache line: an 8-byte header, then 14 four-byte words.
+//! An entry takes `ceil(size_of::<K>() / 4)` key words then
+//! `ceil(size_of::<V>() / 4)` value words; a bucket holds
+//! `min(14 / entry_words, 4)` entries ([`Codec::SLOTS`]): 4 for
+//! `u64 → u32`, 3 for `u64 → u64` and 2 for `u64 → [u64; 2]`.
 //!
 //! | header bits | meaning                                                 |
 //! |-------------|---------------------------------------------------------|
-//! | 0..32       | version: odd while the writer changes an entry in place |
-//! | 32..56      | one tag byte per slot: 0 empty, else `0x80 \| 7 bits of the hash` |
-//! | 63          | `OVERFLOW`: an insert passed this bucket full, so a probe goes on to the next one |
+//! | 0           | odd: the writer is changing an entry in place            |
+//! | 1           | `OVERFLOW`: an insert passed this bucket full, so a probe goes on to the next one |
+//! | 2..32       | version counter                                          |
+//! | 32..64      | one tag byte per slot: 0 empty, else `0x80 \| 7 bits of the hash` |
 //!
 //! # Protocol
 //! One writer at a time per bucket (the shard's writer lock); readers hold
 //! no lock and store nothing.
 //! * **write in place** (a value, or a whole entry into a free slot): load
-//!   the header `h`, store `h + 1` (odd, Relaxed), `fence(Release)`, store
-//!   the words (Relaxed), then store the new header (version `h + 2`, the
-//!   new tags; Release).
+//!   the header `h`, store `h | 1` (odd, Relaxed), `fence(Release)`, store
+//!   the words (Relaxed), then store the new header (the next version, even,
+//!   with the new tags; Release).
 //! * **header-only change** (a remove clears a tag, an insert elsewhere sets
-//!   `OVERFLOW`): store the new header with version `+ 2` (Release). No
+//!   `OVERFLOW`): store the new header with the next version (Release). No
 //!   entry word changes.
-//! * **read**: `h1 = header.load(Acquire)`; retry while odd; copy the words
-//!   of the slots whose tag matches into local `MaybeUninit` buffers
-//!   (Relaxed atomic loads); `fence(Acquire)`; `h2 = header.load(Relaxed)`;
-//!   the copy is valid iff `h1 == h2`, and only then are the bytes turned
-//!   into a `K` and a `V` (a torn copy is never materialized, so keys with
-//!   invalid bit patterns, such as enums, stay sound).
+//! * **read**: `h1 = header.load(Acquire)`; retry while odd; for each slot
+//!   whose tag matches, copy its words into a local `MaybeUninit` buffer
+//!   (Relaxed atomic loads), `fence(Acquire)`, `h2 = header.load(Relaxed)`:
+//!   the copy is valid iff `h1 == h2` (else start over), and only then are
+//!   the bytes turned into a `K` and a `V` (a torn copy is never
+//!   materialized, so keys with invalid bit patterns, such as enums, stay
+//!   sound).
 //!
 //! # Why a validated copy is one that was written together
 //! If the reader's copy read any word stored by a writer `W`, `W`'s
@@ -39,8 +42,8 @@
 //! `h2` load: `h2` is `W`'s odd value or later, and differs from `h1` unless
 //! `h1` itself came from `W`'s final store (`Acquire`), in which case every
 //! store of `W` happens before the copy, and a later writer's stores would
-//! again change `h2`. Versions are 32 bits: a reader would have to sleep
-//! through 2^31 writes to one bucket between its two loads to be fooled.
+//! again change `h2`. The counter has 30 bits: a reader would have to sleep
+//! through 2^30 writes to one bucket between its two loads to be fooled.
 //!
 //! loom checks a reader against an in-place value write, a remove and a
 //! resize (`loom-tests/tests/inline_table.rs`); the models fail if the
@@ -49,46 +52,50 @@
 //! # Words
 //! Keys and values may contain padding, which is uninitialised: copying it
 //! through `AtomicU64` would be undefined behaviour. So the words are
-//! [`atomic_maybe_uninit::AtomicMaybeUninit<u64>`], whose loads and stores
+//! [`atomic_maybe_uninit::AtomicMaybeUninit<u32>`], whose loads and stores
 //! are plain `mov`s in inline assembly on every target it supports. miri
-//! and loom cannot run assembly, so under them the words are `AtomicU64`,
+//! and loom cannot run assembly, so under them the words are `AtomicU32`,
 //! and the tests that run there use keys and values without padding.
 
 use std::marker::PhantomData;
 use std::mem::{size_of, MaybeUninit};
 
+#[cfg(any(miri, loom))]
+use crate::sync::AtomicU32;
 use crate::sync::{fence, AtomicU64, Ordering};
 
-/// Words after the header in one line.
-pub(crate) const WORDS: usize = 7;
+/// Four-byte words after the header in one line.
+pub(crate) const WORDS: usize = 14;
 /// Slots a header has tags for.
-pub(crate) const MAX_SLOTS: usize = 3;
-/// Words one key or value may take (with a one-word partner, 3 in all).
-const MAX_FIELD_WORDS: usize = 2;
+pub(crate) const MAX_SLOTS: usize = 4;
+/// Words one entry may take in a bucket of at least two.
+const MAX_ENTRY_WORDS: usize = WORDS / 2;
 const TAG_SHIFT: u32 = 32;
-const VERSION_MASK: u64 = 0xFFFF_FFFF;
-pub(crate) const OVERFLOW: u64 = 1 << 63;
+const ODD: u64 = 1;
+pub(crate) const OVERFLOW: u64 = 1 << 1;
+const COUNTER: u64 = 0xFFFF_FFFC;
+const COUNTER_STEP: u64 = 4;
 /// A header no live bucket has (odd, with every tag set): see `poison`.
 #[cfg(loom)]
 const POISON: u64 = u64::MAX;
 
 #[cfg(not(any(miri, loom)))]
-type Word = atomic_maybe_uninit::AtomicMaybeUninit<u64>;
+type Word = atomic_maybe_uninit::AtomicMaybeUninit<u32>;
 
-/// `AtomicU64` with the `AtomicMaybeUninit` API, for miri and loom (see the
+/// `AtomicU32` with the `AtomicMaybeUninit` API, for miri and loom (see the
 /// module docs: only padding-free types may be stored under them).
 #[cfg(any(miri, loom))]
-struct Word(AtomicU64);
+struct Word(AtomicU32);
 
 #[cfg(any(miri, loom))]
 impl Word {
     #[inline]
-    fn load(&self, order: Ordering) -> MaybeUninit<u64> {
+    fn load(&self, order: Ordering) -> MaybeUninit<u32> {
         MaybeUninit::new(self.0.load(order))
     }
 
     #[inline]
-    fn store(&self, value: MaybeUninit<u64>, order: Ordering) {
+    fn store(&self, value: MaybeUninit<u32>, order: Ordering) {
         // SAFETY: under miri and loom only padding-free types are stored
         // (module docs), and every buffer starts zeroed, so every byte is
         // initialised.
@@ -114,7 +121,7 @@ impl Bucket {
     pub(crate) fn empty() -> Bucket {
         Bucket {
             header: AtomicU64::new(0),
-            words: std::array::from_fn(|_| Word(AtomicU64::new(0))),
+            words: std::array::from_fn(|_| Word(AtomicU32::new(0))),
         }
     }
 
@@ -131,8 +138,8 @@ impl Bucket {
 pub(crate) struct Codec<K, V>(PhantomData<(K, V)>);
 
 impl<K, V> Codec<K, V> {
-    pub(crate) const KEY_WORDS: usize = size_of::<K>().div_ceil(8);
-    pub(crate) const VALUE_WORDS: usize = size_of::<V>().div_ceil(8);
+    pub(crate) const KEY_WORDS: usize = size_of::<K>().div_ceil(4);
+    pub(crate) const VALUE_WORDS: usize = size_of::<V>().div_ceil(4);
     const ENTRY_WORDS: usize = {
         let words = Self::KEY_WORDS + Self::VALUE_WORDS;
         if words == 0 {
@@ -165,11 +172,11 @@ fn tag_at(header: u64, slot: usize) -> u8 {
 
 /// `MaybeUninit` words holding `value`'s bytes (the rest zero).
 #[inline(always)]
-fn to_words<T>(value: &T) -> [MaybeUninit<u64>; WORDS] {
-    let mut words = [MaybeUninit::new(0u64); WORDS];
-    debug_assert!(size_of::<T>() <= WORDS * 8);
+fn to_words<T>(value: &T) -> [MaybeUninit<u32>; WORDS] {
+    let mut words = [MaybeUninit::new(0u32); WORDS];
+    debug_assert!(size_of::<T>() <= WORDS * 4);
     // SAFETY: `words` has room for `size_of::<T>()` bytes (a `Codec` with at
-    // least one slot fits an entry in 7 words); `MaybeUninit` accepts any
+    // least one slot fits an entry in 14 words); `MaybeUninit` accepts any
     // bytes, padding included; the two do not overlap.
     unsafe {
         std::ptr::copy_nonoverlapping(
@@ -187,10 +194,10 @@ fn to_words<T>(value: &T) -> [MaybeUninit<u64>; WORDS] {
 /// The first `size_of::<T>()` bytes of `words` are the bytes of a valid `T`
 /// (copied whole from one, not torn by a concurrent write).
 #[inline(always)]
-unsafe fn from_words<T>(words: &[MaybeUninit<u64>]) -> T {
-    debug_assert!(size_of::<T>() <= words.len() * 8);
+unsafe fn from_words<T>(words: &[MaybeUninit<u32>]) -> T {
+    debug_assert!(size_of::<T>() <= words.len() * 4);
     // SAFETY: the caller's contract; `read_unaligned` because `T` may be
-    // more aligned than 8.
+    // more aligned than 4.
     unsafe { std::ptr::read_unaligned(words.as_ptr().cast::<T>()) }
 }
 
@@ -211,72 +218,110 @@ impl Bucket {
 
     /// Optimistically reads the entries tagged `tag`, and calls `visit` on
     /// each validated one until it returns `Some`. No lock, no store.
+    /// `visit` may see an entry again after a retry, so it must have no
+    /// effect when it returns `None`.
     #[inline(always)]
     pub(crate) fn read<K, V, R>(
         &self,
         tag: u8,
-        visit: impl FnMut(&K, &V) -> Option<R>,
-    ) -> Found<R> {
-        self.read_selected(|t| t == tag, visit)
-    }
-
-    /// [`Self::read`] of the slots whose tag `select` accepts (never an
-    /// empty one: tag 0 is skipped).
-    #[inline(always)]
-    fn read_selected<K, V, R>(
-        &self,
-        select: impl Fn(u8) -> bool,
         mut visit: impl FnMut(&K, &V) -> Option<R>,
     ) -> Found<R> {
-        let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
-        'retry: loop {
-            let h1 = self.header.load(Ordering::Acquire);
-            if h1 & 1 != 0 {
-                std::hint::spin_loop(); // a writer is mid-change
-                crate::sync::yield_now();
-                continue;
-            }
-            // Each selected slot is copied and validated on its own (usually
-            // there is one), so the copy stays in registers.
-            for slot in 0..Codec::<K, V>::SLOTS {
-                let tag = tag_at(h1, slot);
-                if tag == 0 || !select(tag) {
-                    continue;
-                }
-                let base = Self::base::<K, V>(slot);
-                let mut copy = [MaybeUninit::<u64>::uninit(); MAX_FIELD_WORDS * 2];
-                for (copy, word) in copy.iter_mut().zip(&self.words[base..base + kw + vw]) {
-                    *copy = word.load(Ordering::Relaxed);
-                }
-                fence(Ordering::Acquire);
-                if self.header.load(Ordering::Relaxed) != h1 {
-                    continue 'retry;
-                }
-                // SAFETY: validated above: these words are one whole entry,
-                // written together from a valid `K` and `V`.
-                let key: K = unsafe { from_words(&copy[..kw]) };
-                // SAFETY: as above.
-                let value: V = unsafe { from_words(&copy[kw..kw + vw]) };
-                if let Some(result) = visit(&key, &value) {
-                    return Found::Hit(result);
-                }
-            }
-            return Found::Miss {
-                overflow: h1 & OVERFLOW != 0,
-            };
+        match self.try_read(tag, &mut visit) {
+            Some(found) => found,
+            None => self.read_contended(tag, visit),
         }
     }
 
+    /// [`Self::read`] after a first try met a writer: spins until a try
+    /// validates.
+    #[cold]
+    #[inline(never)]
+    fn read_contended<K, V, R>(
+        &self,
+        tag: u8,
+        mut visit: impl FnMut(&K, &V) -> Option<R>,
+    ) -> Found<R> {
+        loop {
+            std::hint::spin_loop(); // a writer is mid-change
+            crate::sync::yield_now();
+            if let Some(found) = self.try_read(tag, &mut visit) {
+                return found;
+            }
+        }
+    }
+
+    /// One try of [`Self::read`]: `None` if a writer was met (an odd
+    /// header, or a header that changed under the copy). Straight-line code
+    /// (no retry loop here), so each word is loaded at a fixed offset from
+    /// the bucket, with nothing hoisted or spilled.
+    #[inline(always)]
+    fn try_read<K, V, R>(
+        &self,
+        tag: u8,
+        visit: &mut impl FnMut(&K, &V) -> Option<R>,
+    ) -> Option<Found<R>> {
+        let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
+        let h1 = self.header.load(Ordering::Acquire);
+        if h1 & ODD != 0 {
+            return None;
+        }
+        // Each matching slot is copied and validated on its own (there is
+        // usually one), so the copy stays in registers.
+        for slot in 0..Codec::<K, V>::SLOTS {
+            if tag_at(h1, slot) != tag {
+                continue;
+            }
+            let base = Self::base::<K, V>(slot);
+            let mut copy = [MaybeUninit::<u32>::uninit(); MAX_ENTRY_WORDS];
+            for (w, copy) in copy[..kw + vw].iter_mut().enumerate() {
+                *copy = self.words[base + w].load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            if self.header.load(Ordering::Relaxed) != h1 {
+                return None;
+            }
+            // SAFETY: validated above: these words are one whole entry,
+            // written together from a valid `K` and `V`.
+            let key: K = unsafe { from_words(&copy[..kw]) };
+            // SAFETY: as above.
+            let value: V = unsafe { from_words(&copy[kw..kw + vw]) };
+            if let Some(result) = visit(&key, &value) {
+                return Some(Found::Hit(result));
+            }
+        }
+        Some(Found::Miss {
+            overflow: h1 & OVERFLOW != 0,
+        })
+    }
+
     /// Appends a validated copy of every entry (a consistent snapshot of
-    /// this bucket). No lock, no store.
+    /// this bucket): every word is copied, then the header checked once, so
+    /// nothing is appended twice. No lock, no store.
     pub(crate) fn read_all<K: Copy, V: Copy>(&self, out: &mut Vec<(K, V)>) {
-        let _ = self.read_selected::<K, V, ()>(
-            |tag| tag != 0,
-            |k, v| {
-                out.push((*k, *v));
-                None
-            },
-        );
+        let (kw, vw) = (Codec::<K, V>::KEY_WORDS, Codec::<K, V>::VALUE_WORDS);
+        loop {
+            let h1 = self.header.load(Ordering::Acquire);
+            if h1 & ODD != 0 {
+                std::hint::spin_loop();
+                crate::sync::yield_now();
+                continue;
+            }
+            let copy: [MaybeUninit<u32>; WORDS] =
+                std::array::from_fn(|w| self.words[w].load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if self.header.load(Ordering::Relaxed) != h1 {
+                continue;
+            }
+            for slot in (0..Codec::<K, V>::SLOTS).filter(|&slot| tag_at(h1, slot) != 0) {
+                let base = Self::base::<K, V>(slot);
+                // SAFETY: validated above, as in `try_read`.
+                let key: K = unsafe { from_words(&copy[base..base + kw]) };
+                // SAFETY: as above.
+                let value: V = unsafe { from_words(&copy[base + kw..base + kw + vw]) };
+                out.push((key, value));
+            }
+            return;
+        }
     }
 
     /// The header, for the writer (which holds the lock, so it is stable).
@@ -311,7 +356,7 @@ impl Bucket {
     #[inline]
     pub(crate) fn key<K, V>(&self, slot: usize) -> K {
         let base = Self::base::<K, V>(slot);
-        let words: [MaybeUninit<u64>; WORDS] =
+        let words: [MaybeUninit<u32>; WORDS] =
             std::array::from_fn(|w| match w < Codec::<K, V>::KEY_WORDS {
                 true => self.words[base + w].load(Ordering::Relaxed),
                 false => MaybeUninit::uninit(),
@@ -325,7 +370,7 @@ impl Bucket {
     #[inline]
     pub(crate) fn value<K, V>(&self, slot: usize) -> V {
         let base = Self::base::<K, V>(slot) + Codec::<K, V>::KEY_WORDS;
-        let words: [MaybeUninit<u64>; WORDS] =
+        let words: [MaybeUninit<u32>; WORDS] =
             std::array::from_fn(|w| match w < Codec::<K, V>::VALUE_WORDS {
                 true => self.words[base + w].load(Ordering::Relaxed),
                 false => MaybeUninit::uninit(),
@@ -345,10 +390,10 @@ impl Bucket {
 
     /// Stores `words` at `at`, inside an odd version, then publishes
     /// `header` (its version bits are replaced by the next even version).
-    fn write_words(&self, at: usize, words: &[MaybeUninit<u64>], header: u64) {
+    fn write_words(&self, at: usize, words: &[MaybeUninit<u32>], header: u64) {
         let old = self.header();
-        debug_assert!(old & 1 == 0, "one writer at a time");
-        self.header.store(old + 1, Ordering::Relaxed);
+        debug_assert!(old & ODD == 0, "one writer at a time");
+        self.header.store(old | ODD, Ordering::Relaxed);
         fence(Ordering::Release);
         for (i, word) in words.iter().enumerate() {
             self.words[at + i].store(*word, Ordering::Relaxed);
@@ -356,11 +401,12 @@ impl Bucket {
         self.publish(old, header);
     }
 
-    /// Stores `header` with the version after `old`'s (by 2: even).
+    /// Stores `header` (its tags and `OVERFLOW`) with the version after
+    /// `old`'s, even.
     fn publish(&self, old: u64, header: u64) {
-        let version = (old & VERSION_MASK).wrapping_add(2) & VERSION_MASK;
+        let version = (old & COUNTER).wrapping_add(COUNTER_STEP) & COUNTER;
         self.header
-            .store((header & !VERSION_MASK) | version, Ordering::Release);
+            .store((header & !(COUNTER | ODD)) | version, Ordering::Release);
     }
 
     /// Writes `key` and `value` into free `slot` with `tag`.
@@ -415,7 +461,8 @@ mod tests {
     #[test]
     fn entries_round_trip_and_tags_filter() {
         let bucket = empty();
-        assert_eq!(Codec::<u64, u32>::SLOTS, 3);
+        assert_eq!(Codec::<u64, u32>::SLOTS, 4);
+        assert_eq!(Codec::<u64, u64>::SLOTS, 3);
         assert_eq!(Codec::<u64, [u64; 2]>::SLOTS, 2);
         assert_eq!(Codec::<[u64; 2], [u64; 2]>::SLOTS, 1);
         bucket.insert::<u64, u32>(1, 0x81, &7, &70);
@@ -439,14 +486,14 @@ mod tests {
         );
         bucket.remove(1);
         assert_eq!(hit(0x81, 7), None);
-        assert_eq!(bucket.occupied::<u64, u32>(), 0b001);
+        assert_eq!(bucket.occupied::<u64, u32>(), 0b0001);
         assert!(!bucket.overflowed());
         bucket.set_overflow();
         assert!(matches!(
             bucket.read::<u64, u32, ()>(0x81, |_, _| None),
             Found::Miss { overflow: true }
         ));
-        assert_eq!(bucket.header() & 1, 0, "even after every write");
+        assert_eq!(bucket.header() & ODD, 0, "even after every write");
     }
 
     #[test]
