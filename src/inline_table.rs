@@ -697,7 +697,7 @@ where
             for (hash, head) in hashes.iter().zip(heads) {
                 // SAFETY: pinned, so the array stays allocated.
                 if let Some(buckets) = unsafe { buckets(head) } {
-                    prefetch(&buckets[*hash as usize & (buckets.len() - 1)]);
+                    crate::prefetch::prefetch(&buckets[*hash as usize & (buckets.len() - 1)]);
                 }
             }
             for ((key, hash), (head, out)) in keys
@@ -891,20 +891,6 @@ fn search_on<K, V, R>(
         }
     }
     None
-}
-
-/// Issues a prefetch of `bucket`'s line (a hint; nothing where unsupported).
-#[inline(always)]
-fn prefetch(bucket: &Bucket) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: a prefetch is a hint that never faults, of a valid address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (bucket as *const Bucket).cast(),
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = bucket;
 }
 
 /// The iterator of [`InlineTable::iter`]: yields `(K, V)` copies.

@@ -24,6 +24,7 @@
 mod epoch;
 mod inline_table;
 mod path_lock;
+mod prefetch;
 mod raw_rwlock;
 mod reentrancy;
 mod router_table;

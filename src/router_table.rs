@@ -428,6 +428,35 @@ where
         self.find_with(key, V::clone)
     }
 
+    /// Clones of the values of a batch of keys, in order. Hashes every key,
+    /// prefetches every home slot, then every matching node, then probes:
+    /// the batch's cache misses overlap, so on a table much larger than the
+    /// caches this beats as many `get`s (see BENCHMARKS.md); on a small one
+    /// it gains nothing.
+    pub fn get_many<Q, const N: usize>(&self, keys: [&Q; N]) -> [Option<V>; N]
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hashes = keys.map(|key| self.hash(key));
+        self.with_read(|guard| {
+            let heads = hashes.map(|hash| &self.heads[self.shard_of(hash)]);
+            for (head, &hash) in heads.iter().zip(&hashes) {
+                shard::prefetch_slot(head, guard, hash);
+            }
+            for (head, &hash) in heads.iter().zip(&hashes) {
+                shard::prefetch_node(head, guard, hash);
+            }
+            let mut at = 0;
+            keys.map(|key| {
+                let (head, hash) = (heads[at], hashes[at]);
+                at += 1;
+                shard::find(head, guard, hash, |k| k.borrow() == key).map(|node| node.value.clone())
+            })
+        })
+    }
+
     /// Calls `f` on the value at `key`, without locking: `f` sees one
     /// published value, whole, which stays valid until `f` returns.
     /// Inside `f`, reads of this table work and writes panic.

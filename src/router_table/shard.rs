@@ -255,6 +255,29 @@ pub(crate) fn find<'g, K, V>(
     }
 }
 
+/// Prefetches the home slot of `hash` in the table `head` points to now
+/// (the first stage of a batched lookup).
+#[inline(always)]
+pub(crate) fn prefetch_slot<K, V>(head: &Head<K, V>, _guard: &Guard, hash: u64) {
+    // SAFETY: as in `find`; only an address is computed.
+    if let Some(table) = unsafe { table(head.load(Ordering::Acquire)) } {
+        crate::prefetch::prefetch(&table[hash as u32 as usize & (table.len() - 1)]);
+    }
+}
+
+/// Prefetches the node in `hash`'s home slot if its tag matches (the second
+/// stage, once the slot is in the cache).
+#[inline(always)]
+pub(crate) fn prefetch_node<K, V>(head: &Head<K, V>, _guard: &Guard, hash: u64) {
+    // SAFETY: as in `find`; the node pointer is only prefetched.
+    if let Some(table) = unsafe { table(head.load(Ordering::Acquire)) } {
+        let word = table[hash as u32 as usize & (table.len() - 1)].load(Ordering::Acquire);
+        if word.addr() & !ADDRESS_MASK == tag(hash) && live(word).is_some() {
+            crate::prefetch::prefetch(untagged(word));
+        }
+    }
+}
+
 /// Calls `f` on every node of the table `head` points to now.
 pub(crate) fn for_each<'g, K, V>(
     head: &'g Head<K, V>,
