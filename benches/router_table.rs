@@ -26,6 +26,15 @@ fn get_hit(c: &mut Criterion) {
         })
     });
 
+    let inline: shardlock::InlineTable<u64, u32> = (0..N).map(|k| (k, k as u32)).collect();
+    group.bench_function("InlineTable", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(inline.get(black_box(&keys[i])))
+        })
+    });
+
     let std_map: HashMap<u64, u32, ahash::RandomState> = (0..N).map(|k| (k, k as u32)).collect();
     group.bench_function("std HashMap+ahash", |b| {
         let mut i = 0;

@@ -294,16 +294,16 @@ pub(crate) fn heavy_barrier() {
 pub(crate) struct Guard(Pin, PhantomData<*const ()>);
 
 enum Pin {
-    /// The outermost pin of a live thread, through its cached row.
-    Cached(&'static AtomicU64),
-    /// Inside another pin of this thread: nothing to undo.
-    Nested,
-    /// The outermost pin of a thread with an index: it holds the index
-    /// (dropped after the row is cleared), so no other thread gets this row.
+    /// The outermost pin of a thread with an index, through its row. If
+    /// `counted`, the pin took a counted hold on the index (an exiting
+    /// thread: see `thread_index::Hold`), released after the row is
+    /// cleared, so no other thread gets the row meanwhile.
     Row {
         row: &'static AtomicU64,
-        _hold: thread_index::Hold,
+        counted: bool,
     },
+    /// Inside another pin of this thread: nothing to undo.
+    Nested,
     Overflow(u64),
 }
 
@@ -326,7 +326,13 @@ pub(crate) fn pin() -> Guard {
         let c = collector();
         row.store(c.epoch.load(Ordering::Acquire), Ordering::Release);
         c.light_barrier();
-        return Guard(Pin::Cached(row), PhantomData);
+        return Guard(
+            Pin::Row {
+                row,
+                counted: false,
+            },
+            PhantomData,
+        );
     }
     pin_slow()
 }
@@ -350,7 +356,13 @@ fn pin_slow() -> Guard {
             let epoch = c.epoch.load(Ordering::Acquire);
             row.store(epoch, Ordering::Release);
             c.light_barrier();
-            Guard(Pin::Row { row, _hold: hold }, PhantomData)
+            Guard(
+                Pin::Row {
+                    row,
+                    counted: hold.into_counted(),
+                },
+                PhantomData,
+            )
         }
         None => pin_overflow(c),
     }
@@ -368,9 +380,12 @@ impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
         match self.0 {
-            Pin::Cached(row) => row.store(0, Ordering::Release),
-            // The hold ends after this, when the field is dropped.
-            Pin::Row { row, .. } => row.store(0, Ordering::Release),
+            Pin::Row { row, counted } => {
+                row.store(0, Ordering::Release);
+                if counted {
+                    thread_index::released();
+                }
+            }
             Pin::Nested => {}
             Pin::Overflow(epoch) => unpin_overflow(epoch),
         }
@@ -683,7 +698,7 @@ mod tests {
         let outer = pin();
         let inner = pin();
         assert!(matches!(inner.0, Pin::Nested | Pin::Overflow(_)));
-        assert!(matches!(outer.0, Pin::Cached(_) | Pin::Row { .. }));
+        assert!(matches!(outer.0, Pin::Row { .. }));
         drop(inner);
         // Still pinned: something retired now waits for `outer`.
         let drops = Arc::new(AtomicUsize::new(0));
@@ -710,9 +725,7 @@ mod tests {
                         let guard = pin();
                         barrier.wait(); // all pinned at once
                         let row = match guard.0 {
-                            Pin::Row { row, .. } | Pin::Cached(row) => {
-                                Ok(row as *const AtomicU64 as usize)
-                            }
+                            Pin::Row { row, .. } => Ok(row as *const AtomicU64 as usize),
                             Pin::Nested => Err("a first pin was taken for a nested one"),
                             Pin::Overflow(_) => Err("pinned through the overflow mutex"),
                         };

@@ -220,6 +220,14 @@ impl Hold {
     pub(crate) fn index(&self) -> usize {
         self.index
     }
+
+    /// Ends the `Hold` without ending a counted hold: returns whether it
+    /// was counted, in which case the caller must call [`released`] later.
+    pub(crate) fn into_counted(self) -> bool {
+        let counted = self.counted;
+        std::mem::forget(self);
+        counted
+    }
 }
 
 /// Holds this thread's index until the returned [`Hold`] is dropped.

@@ -256,7 +256,10 @@ fn serde_round_trip() {
 fn get_many_matches_get() {
     let table: RouterTable<u64, String> = (0..100).map(|k| (k, k.to_string())).collect();
     let got = table.get_many([&1, &50, &100, &99]);
-    assert_eq!(got, [Some("1".into()), Some("50".into()), None, Some("99".into())]);
+    assert_eq!(
+        got,
+        [Some("1".into()), Some("50".into()), None, Some("99".into())]
+    );
     let empty: RouterTable<u64, u64> = RouterTable::new();
     assert_eq!(empty.get_many([&1, &2]), [None, None]);
 }
