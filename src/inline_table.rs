@@ -38,6 +38,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
 use crossbeam_utils::CachePadded;
@@ -827,29 +828,41 @@ where
         reentrancy::check(self.id(), true);
         for index in 0..self.heads.len() {
             let mut shard = self.lock(index);
-            reentrancy::scoped(self.id(), Access::Exclusive, || {
-                let Some(buckets) = shard.buckets() else {
-                    return;
-                };
+            // Removals are counted even if `f` panics partway, so `len`
+            // stays exact; the panic resumes once the shard is consistent.
+            let (removed, panicked) = reentrancy::scoped(self.id(), Access::Exclusive, || {
                 let mut removed = 0;
+                let Some(buckets) = shard.buckets() else {
+                    return (removed, None);
+                };
                 for bucket in buckets {
                     let occupied = bucket.occupied::<K, V>();
                     for slot in (0..Codec::<K, V>::SLOTS).filter(|s| occupied & (1 << s) != 0) {
                         let key = bucket.key::<K, V>(slot);
                         let mut value = bucket.value::<K, V>(slot);
-                        if f(&key, &mut value) {
-                            bucket.set_value::<K, V>(slot, &value);
-                        } else {
-                            bucket.remove(slot);
-                            removed += 1;
+                        match panic::catch_unwind(AssertUnwindSafe(|| f(&key, &mut value))) {
+                            Ok(true) => bucket.set_value::<K, V>(slot, &value),
+                            Ok(false) => {
+                                bucket.remove(slot);
+                                removed += 1;
+                            }
+                            Err(payload) => return (removed, Some(payload)),
                         }
                     }
                 }
-                let live = shard.state.live - removed;
-                shard.set_live(live);
-                shard.tidy::<K, V, S>(&self.hasher);
+                (removed, None)
             });
+            let live = shard.state.live - removed;
+            shard.set_live(live);
+            if panicked.is_none() {
+                reentrancy::scoped(self.id(), Access::Exclusive, || {
+                    shard.tidy::<K, V, S>(&self.hasher);
+                });
+            }
             drop(shard.finish());
+            if let Some(payload) = panicked {
+                panic::resume_unwind(payload);
+            }
         }
         self.after_operation();
     }

@@ -122,3 +122,26 @@ fn serde_round_trips() {
     assert_eq!(back.len(), 50);
     assert!((0..50).all(|k| back.get(&k) == Some(k as u32)));
 }
+
+#[test]
+fn a_panicking_retain_keeps_len_exact_and_leaves_no_lock() {
+    let table: InlineTable<u64, u64> = InlineTable::with_shards(1, 0, Default::default());
+    for k in 0..100 {
+        table.insert(k, k);
+    }
+    let mut seen = 0;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        table.retain(|_, _| {
+            seen += 1;
+            if seen == 50 {
+                panic!("retain");
+            }
+            false // remove everything before the panic
+        })
+    }));
+    assert_eq!(crate::test_support::panic_message(outcome), "retain");
+    assert_eq!(table.len(), 51, "49 removed, the 50th kept its entry");
+    assert_eq!(table.iter().count(), 51);
+    table.insert(1000, 1); // the shard lock was released
+    assert_eq!(table.len(), 52);
+}
