@@ -14,7 +14,9 @@ use std::time::Duration;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
@@ -103,6 +105,11 @@ impl Backend {
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// How much of an oversized body the server reads (and discards) before it
+/// answers: a client still sending gets the 400 instead of a reset
+/// (`EPIPE`) mid-send. Beyond this the connection is just closed.
+pub const DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// Every error the API returns, turned into a JSON response in one place.
 #[derive(Debug)]
 pub enum ApiError {
@@ -171,7 +178,32 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/person/{id}", get(get_one).put(put_one).delete(delete_one))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(refuse_oversized))
         .with_state(store)
+}
+
+/// Answers a body declared larger than [`BODY_LIMIT`] with a 400, after
+/// reading and discarding it if it is at most [`DRAIN_LIMIT`]: answering
+/// while the client still sends makes its send fail with a reset before it
+/// reads the answer. (Chunked bodies without a length are cut by the body
+/// limit itself.)
+async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > BODY_LIMIT => {
+            if length <= DRAIN_LIMIT {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
+            }
+            ApiError::BadRequest(format!(
+                "the request body ({length} bytes) is larger than the limit of {BODY_LIMIT}"
+            ))
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 async fn update(State(store): Shared, Json(person): Json<Person>) -> Json<Person> {
