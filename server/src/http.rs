@@ -19,6 +19,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 
+/// The most bytes a session lets wait unsent for its peer (see the upgrade).
+const WRITE_BUFFER_MAX: usize = 64 * 1024;
+
 /// The routes. `/v1`, `/stats_v1` and `/metrics` need the token (when one
 /// is configured); `/` and `/healthz` do not.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -156,6 +159,11 @@ async fn v1(
     upgrade
         .read_buffer_size(4096)
         .write_buffer_size(0)
+        // What may wait unsent for a peer that does not read: v1 replies
+        // and control frames are small. Without a cap, every ping of a peer
+        // that floods pings and never reads queued a pong (gigabytes); with
+        // it, tungstenite keeps only the latest pong unsent.
+        .max_write_buffer_size(WRITE_BUFFER_MAX)
         .max_message_size(shared.config.max_message_bytes)
         .max_frame_size(shared.config.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))

@@ -92,7 +92,16 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                 break End::Shutdown;
             }
             frame = peer.socket.recv() => {
-                heard = Instant::now();
+                // Liveness is an answer to our pings or a message; a ping of
+                // its own says nothing (a peer that floods pings and never
+                // reads would otherwise count as alive for good). Checked on
+                // every frame too, since a flood keeps this branch busy.
+                if !matches!(frame, Some(Ok(Message::Ping(_)))) {
+                    heard = Instant::now();
+                } else if heard.elapsed() > keepalive * 2 {
+                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
+                    break End::Gone;
+                }
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {

@@ -607,3 +607,65 @@ async fn a_peer_that_floods_and_never_reads_is_cut_off_and_its_lock_released() {
     }
     server.stop().await;
 }
+
+/// Issue 17, item 1: a peer that floods pings and never reads made the
+/// server queue one pong per ping (no cap on the write buffer: +2.1 GiB in
+/// 10 s), and since every frame counted as a sign of life and the flood kept
+/// the session's read branch busy, the keepalive check never ran: the peer
+/// was never cut off. Now unsent data is capped, a ping is no sign of life,
+/// and the check runs on every frame. The flood is raw ping frames written
+/// from a thread of its own in one stream (at most 512 MiB), so the server's
+/// socket always has a frame ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_pings_and_never_reads_is_cut_off() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--keepalive-interval", "100"]).await;
+    let addr = server.addr;
+    let flood = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!(
+            "GET /v1?namespace=pings HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = [0u8; 1024];
+        let n = stream.read(&mut head).unwrap();
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        // A masked ping with the largest control payload (125 bytes), mask 0.
+        let mut frame = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+        frame.extend_from_slice(&[7u8; 125]);
+        let batch: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * 4000)
+            .collect();
+        let mut sent = 0usize;
+        while sent < 512 << 20 {
+            if stream.write_all(&batch).is_err() {
+                return sent;
+            }
+            sent += batch.len();
+        }
+        usize::MAX
+    });
+    let sent = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        sent < usize::MAX,
+        "a ping flood of 512 MiB kept its session alive"
+    );
+    server
+        .until("the flooding session to be cut off", async |s| {
+            let (_, metrics) = s.get("/metrics").await;
+            metrics.contains("\nshardlock_connections 0\n")
+        })
+        .await;
+    server.stop().await;
+}
