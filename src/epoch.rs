@@ -498,6 +498,26 @@ pub(crate) fn oldest_pinned_hint() -> u64 {
     collector().min_pinned()
 }
 
+/// Records after a collection whether `bin` keeps batches back for pinned
+/// readers: `kept` (its owner's flag, 0 or 1, changed only under the owner's
+/// lock) follows it, and `pending` (the table's count of such owners) with
+/// it, so that operations know to call [`help_free`].
+pub(crate) fn note_kept<T>(
+    bin: &Bin<T>,
+    kept: &crate::sync::AtomicUsize,
+    pending: &crate::sync::AtomicUsize,
+) {
+    let now = usize::from(bin.oldest_sealed().is_some());
+    if kept.load(Ordering::Relaxed) != now {
+        kept.store(now, Ordering::Relaxed);
+        if now == 1 {
+            pending.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How often (in one thread's operations on tables that keep garbage) a
 /// thread tries to free it: the bound the tables document.
 pub(crate) const HELP_EVERY: u32 = if cfg!(loom) { 1 } else { 64 };

@@ -384,31 +384,13 @@ impl Locked<'_> {
 
     /// Updates `kept` and the table's `pending` count after a collection.
     fn note_kept(&mut self) {
-        let kept = usize::from(self.state.bin.oldest_sealed().is_some());
-        if self.writer.kept.load(Ordering::Relaxed) != kept {
-            self.writer.kept.store(kept, Ordering::Relaxed);
-            if kept == 1 {
-                self.pending.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        epoch::note_kept(&self.state.bin, &self.writer.kept, self.pending);
     }
 
     fn set_live(&mut self, live: usize) {
         self.state.live = live;
         self.writer.len.store(live, Ordering::Relaxed);
     }
-}
-
-/// Shards a table gets (as `RouterTable`).
-fn default_shards() -> usize {
-    if cfg!(loom) {
-        return 2;
-    }
-    (crate::thread_index::cpus() * 16)
-        .next_power_of_two()
-        .clamp(16, 256)
 }
 
 impl<K, V> InlineTable<K, V> {
@@ -432,7 +414,7 @@ impl<K, V, S> InlineTable<K, V, S> {
     /// Creates an empty table with room for `capacity` entries, hashing with
     /// `hasher`.
     pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
-        Self::with_shards(default_shards(), capacity, hasher)
+        Self::with_shards(crate::router_table::default_shards(), capacity, hasher)
     }
 
     /// Creates an empty table with `shards` shards (rounded up to a power of

@@ -26,8 +26,8 @@ use shard::{Head, Locked, Retired, Writer};
 #[cfg(feature = "serde")]
 mod serde;
 
-/// How many shards a table gets.
-fn default_shards() -> usize {
+/// How many shards a table gets (`InlineTable` too).
+pub(crate) fn default_shards() -> usize {
     if cfg!(loom) {
         return 2;
     }

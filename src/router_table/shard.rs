@@ -652,15 +652,7 @@ impl<K, V> Locked<'_, K, V> {
 
     /// Updates `kept` and the table's `pending` count after a collection.
     fn note_kept(&mut self) {
-        let kept = usize::from(self.state.bin.oldest_sealed().is_some());
-        if self.kept.load(Ordering::Relaxed) != kept {
-            self.kept.store(kept, Ordering::Relaxed);
-            if kept == 1 {
-                self.pending.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        crate::epoch::note_kept(&self.state.bin, self.kept, self.pending);
     }
 
     /// Objects retired but not yet freed.
