@@ -99,10 +99,10 @@ const MAX_LOAD: (usize, usize) = (3, 4);
 ///
 /// # Memory
 /// One 64-byte line per bucket, 2 to 4 entries a line, at a load between
-/// 3/16 and 3/4 of the slots (see BENCHMARKS.md for bytes per entry). Arrays are the only allocations; a replaced
-/// array is freed through the epoch once no reader is in it (within 64
-/// operations of any one thread after the last such reader unpins, as for
-/// `RouterTable`).
+/// 3/16 and 3/4 of the slots (see BENCHMARKS.md for bytes per entry).
+/// Arrays are the only allocations; a replaced array is freed through the
+/// epoch once no reader is in it, as `RouterTable` frees what it keeps (see
+/// its `# Memory`: no further writes are needed).
 ///
 /// ```
 /// use shardlock::InlineTable;

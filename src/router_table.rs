@@ -132,9 +132,11 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// in their shard until a write finds that at least `max(64, len / 16)`
 /// have piled up there; that write frees those no pinned reader could see.
 /// What it keeps back for readers is freed, once the last reader that
-/// could see it unpins, within 64 operations (reads included) of any one
-/// thread on the table, or by the shard's next collecting write; no further
-/// writes are needed. [`retired`](Self::retired) counts what waits.
+/// could see it unpins, by the shard's next collecting write or by a later
+/// operation of any kind: each thread tries every 64th of its operations on
+/// tables that keep garbage (on the table at hand), so a thread that keeps
+/// using this table frees it within 64 operations; no further writes are
+/// needed. [`retired`](Self::retired) counts what waits.
 ///
 /// # Protocol
 /// Readers pin themselves in an epoch (a plain store to their own line and
