@@ -124,6 +124,7 @@ impl Client {
 
     /// Connects presenting `token` as `Authorization: Bearer <token>`.
     pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, Error> {
+        #[allow(clippy::needless_update)] // `tls` is a field only with that feature
         let options = Options {
             token: token.map(str::to_owned),
             ..Options::default()
@@ -146,19 +147,18 @@ impl Client {
         let config =
             tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         #[cfg(feature = "tls")]
-        let connector = options
-            .tls
-            .clone()
-            .map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) = {
+            let connector = options
+                .tls
+                .clone()
+                .map(tokio_tungstenite::Connector::Rustls);
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
+                .await?
+        };
+        // Without TLS support only `ws://` connects (a `wss://` URL fails).
         #[cfg(not(feature = "tls"))]
-        let connector = None;
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        )
-        .await?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(Client {
             ws,
             state: State::Ready,
