@@ -123,6 +123,12 @@ const FIRST: usize = if cfg!(loom) { 2 } else { 32 };
 /// Enough segments for every index below `FIRST × (2^SEGMENTS − 1)`.
 const SEGMENTS: usize = 32;
 
+/// The first index of segment `s` (and, for `s = SEGMENTS`, one past the
+/// last index with a row).
+const fn segment_start(s: usize) -> usize {
+    FIRST * ((1 << s) - 1)
+}
+
 /// One row per thread index, in segments that double in size: the first
 /// inline, the others allocated on first use and never moved or freed
 /// (until the collector is), so a row's address is stable and a pin never
@@ -145,7 +151,7 @@ impl Rows {
     #[inline(always)]
     fn locate(index: usize) -> (usize, usize) {
         let segment = (index / FIRST + 1).ilog2() as usize;
-        (segment, index - FIRST * ((1 << segment) - 1))
+        (segment, index - segment_start(segment))
     }
 
     /// The row of thread index `index`, allocating its segment if needed;
@@ -160,7 +166,7 @@ impl Rows {
 
     #[inline(never)]
     fn get_beyond_first(&self, index: usize) -> Option<&Row> {
-        if index >= FIRST * ((1 << SEGMENTS) - 1) {
+        if index >= segment_start(SEGMENTS) {
             return None;
         }
         let (segment, offset) = Self::locate(index);
@@ -204,10 +210,10 @@ impl Rows {
     fn load_up_to(&self, end: usize) -> impl Iterator<Item = u64> + '_ {
         let first = self.first[..end.min(FIRST)].iter();
         let more = (1..SEGMENTS)
-            .take_while(move |&s| FIRST * ((1 << s) - 1) < end)
+            .take_while(move |&s| segment_start(s) < end)
             .flat_map(move |s| {
                 let base = self.more[s].load(Ordering::Acquire);
-                let start = FIRST * ((1 << s) - 1);
+                let start = segment_start(s);
                 let len = if base.is_null() {
                     0
                 } else {

@@ -252,36 +252,28 @@ struct Locked<'a> {
     retired: bool,
 }
 
-/// Where a key is, or is not.
-enum Spot {
-    At { bucket: usize, slot: usize },
-    Absent,
-}
-
 impl Locked<'_> {
     fn buckets(&self) -> Option<&[Bucket]> {
         // SAFETY: we hold the lock, and only lock holders retire arrays.
         unsafe { buckets(self.head.load(Ordering::Relaxed)) }
     }
 
-    /// Finds the key `eq` accepts on `hash`'s probe.
-    fn lookup<K, V>(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Spot {
-        let Some(buckets) = self.buckets() else {
-            return Spot::Absent;
-        };
+    /// The bucket and slot of the key `eq` accepts on `hash`'s probe.
+    fn lookup<K, V>(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<(&Bucket, usize)> {
+        let buckets = self.buckets()?;
         let (mask, tag) = (buckets.len() - 1, tag_of(hash));
         let mut at = hash as usize & mask;
         for _ in 0..buckets.len() {
             let bucket = &buckets[at];
             if let (Some(slot), _) = bucket.find_locked::<K, V>(tag, &mut eq) {
-                return Spot::At { bucket: at, slot };
+                return Some((bucket, slot));
             }
             if !bucket.overflowed() {
                 break;
             }
             at = (at + 1) & mask;
         }
-        Spot::Absent
+        None
     }
 
     /// Puts an absent key in the first free slot of its probe, marking the
@@ -716,13 +708,12 @@ where
         let hash = self.hash(&key);
         self.with_write(hash, |shard| {
             match shard.lookup::<K, V>(hash, |k| *k == key) {
-                Spot::At { bucket, slot } => {
-                    let buckets = shard.buckets().expect("found in it");
-                    let old = buckets[bucket].value::<K, V>(slot);
-                    buckets[bucket].set_value::<K, V>(slot, &value);
+                Some((bucket, slot)) => {
+                    let old = bucket.value::<K, V>(slot);
+                    bucket.set_value::<K, V>(slot, &value);
                     Some(old)
                 }
-                Spot::Absent => {
+                None => {
                     shard.reserve_one::<K, V, S>(&self.hasher);
                     Self::place_new(shard, hash, &key, &value);
                     None
@@ -748,13 +739,9 @@ where
     {
         let hash = self.hash(key);
         self.with_write(hash, |shard| {
-            let Spot::At { bucket, slot } = shard.lookup::<K, V>(hash, |k| k.borrow() == key)
-            else {
-                return None;
-            };
-            let buckets = shard.buckets().expect("found in it");
-            let value = buckets[bucket].value::<K, V>(slot);
-            buckets[bucket].remove(slot);
+            let (bucket, slot) = shard.lookup::<K, V>(hash, |k| k.borrow() == key)?;
+            let value = bucket.value::<K, V>(slot);
+            bucket.remove(slot);
             let live = shard.state.live - 1;
             shard.set_live(live);
             shard.tidy::<K, V, S>(&self.hasher);
@@ -772,14 +759,10 @@ where
     {
         let hash = self.hash(key);
         self.with_write(hash, |shard| {
-            let Spot::At { bucket, slot } = shard.lookup::<K, V>(hash, |k| k.borrow() == key)
-            else {
-                return None;
-            };
-            let buckets = shard.buckets().expect("found in it");
-            let mut value = buckets[bucket].value::<K, V>(slot);
+            let (bucket, slot) = shard.lookup::<K, V>(hash, |k| k.borrow() == key)?;
+            let mut value = bucket.value::<K, V>(slot);
             let result = f(&mut value);
-            buckets[bucket].set_value::<K, V>(slot, &value);
+            bucket.set_value::<K, V>(slot, &value);
             Some(result)
         })
     }
@@ -792,8 +775,8 @@ where
         }
         let hash = self.hash(&key);
         self.with_write(hash, |shard| {
-            if let Spot::At { bucket, slot } = shard.lookup::<K, V>(hash, |k| *k == key) {
-                return shard.buckets().expect("found in it")[bucket].value::<K, V>(slot);
+            if let Some((bucket, slot)) = shard.lookup::<K, V>(hash, |k| *k == key) {
+                return bucket.value::<K, V>(slot);
             }
             let value = f();
             shard.reserve_one::<K, V, S>(&self.hasher);

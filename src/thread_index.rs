@@ -115,6 +115,17 @@ struct Local {
     row: Cell<*const ()>,
 }
 
+impl Local {
+    /// This thread's index, assigned on first use.
+    #[inline(always)]
+    fn index_or_assign(&self) -> usize {
+        match self.index.get() {
+            UNASSIGNED => assign(self),
+            index => index,
+        }
+    }
+}
+
 /// Only its destructor matters: it runs when the thread exits.
 struct ExitHook;
 
@@ -147,10 +158,7 @@ thread_locals! {
 #[inline]
 pub(crate) fn current() -> usize {
     LOCAL
-        .try_with(|local| match local.index.get() {
-            UNASSIGNED => assign(local),
-            index => index,
-        })
+        .try_with(|local| local.index_or_assign())
         .unwrap_or(NO_INDEX)
 }
 
@@ -175,10 +183,7 @@ pub(crate) fn taken() -> usize {
     LOCAL
         .try_with(|local| {
             local.holds.set(local.holds.get() + 1);
-            match local.index.get() {
-                UNASSIGNED => assign(local),
-                index => index,
-            }
+            local.index_or_assign()
         })
         .unwrap_or(NO_INDEX)
 }
@@ -239,10 +244,7 @@ pub(crate) fn hold() -> Hold {
             if counted {
                 local.holds.set(local.holds.get() + 1);
             }
-            let index = match local.index.get() {
-                UNASSIGNED => assign(local),
-                index => index,
-            };
+            let index = local.index_or_assign();
             Hold {
                 index,
                 counted,
