@@ -23,6 +23,7 @@
 
 mod epoch;
 mod inline_table;
+mod line_table;
 mod path_lock;
 mod prefetch;
 mod raw_rwlock;
