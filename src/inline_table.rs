@@ -177,8 +177,9 @@ impl<K: Copy, V: Copy, S> InlineTable<K, V, S> {
     #[cfg(feature = "serde")]
     fn snapshot(&self) -> Vec<(K, V)> {
         reentrancy::check(self.lines.id(), true);
-        let shards: Vec<Shard<'_, K, V>> =
-            (0..self.lines.shards()).map(|i| self.lines.lock(i)).collect();
+        let shards: Vec<Shard<'_, K, V>> = (0..self.lines.shards())
+            .map(|i| self.lines.lock(i))
+            .collect();
         let mut entries = Vec::with_capacity(shards.iter().map(|s| s.live()).sum());
         for shard in &shards {
             for line in shard.lines().unwrap_or(&[]) {
@@ -192,7 +193,8 @@ impl<K: Copy, V: Copy, S> InlineTable<K, V, S> {
     fn copy_shard(&self, index: usize, out: &mut Vec<(K, V)>) {
         {
             let guard = epoch::pin();
-            self.lines.read_shard(&guard, index, |k, v| out.push((k, v)));
+            self.lines
+                .read_shard(&guard, index, |k, v| out.push((k, v)));
         }
         self.lines.after_operation();
     }

@@ -62,6 +62,9 @@ pub(crate) use node_line::NodeLine;
 
 /// The largest load (of slots) before a shard grows: 3/4.
 const MAX_LOAD: (usize, usize) = (3, 4);
+/// The most lines a shard may have (a node keeps the low 32 bits of its
+/// hash for rebuilds, which address this many).
+const MAX_LINES: usize = 1 << 31;
 /// The least weight of retired garbage a collection waits for.
 const MIN_BATCH: usize = 64;
 
@@ -103,8 +106,11 @@ pub(crate) trait Line: Sized {
     /// Calls `visit` on entries tagged `tag` until it returns `Some`. No
     /// lock, no store. `visit` may see an entry again after a retry, so it
     /// must have no effect when it returns `None`.
-    fn read<R>(&self, tag: u8, visit: impl FnMut(&Self::Key, &Self::Value) -> Option<R>)
-        -> Found<R>;
+    fn read<R>(
+        &self,
+        tag: u8,
+        visit: impl FnMut(&Self::Key, &Self::Value) -> Option<R>,
+    ) -> Found<R>;
     /// Calls `f` on every entry, each seen whole and at most once. No lock.
     fn read_each(&self, f: impl FnMut(Self::Key, Self::Value));
 
@@ -265,13 +271,14 @@ struct Writer<L: Line> {
 
 struct State<L: Line> {
     live: usize,
-    /// Lines with `OVERFLOW` set in the current array.
-    overflowed: usize,
+    /// Lines with `OVERFLOW` set in the current array. (`u32`s, as a shard
+    /// has at most 2^31 lines, so that a writer fits in 128 bytes.)
+    overflowed: u32,
     /// `overflowed` right after the last rebuild: what the load alone
     /// causes. Only marks beyond it (left by removes) call for a rebuild.
-    overflowed_at_rebuild: usize,
+    overflowed_at_rebuild: u32,
     /// Never shrink below this many lines.
-    min_lines: usize,
+    min_lines: u32,
     /// What was retired since the last collection, weighed (module docs).
     weight: usize,
     /// Whether an array was retired since the last collection.
@@ -306,7 +313,7 @@ impl<L: Line> LineTable<L> {
                             live: 0,
                             overflowed: 0,
                             overflowed_at_rebuild: 0,
-                            min_lines,
+                            min_lines: min_lines as u32,
                             weight: 0,
                             retired_array: false,
                             bin: Bin::default(),
@@ -506,16 +513,17 @@ pub(crate) fn drop_garbage<L: Line>(garbage: Vec<Garbage<L>>) {
 fn lines_for<L: Line>(live: usize) -> usize {
     match live {
         0 => 0,
-        n => (n * MAX_LOAD.1)
-            .div_ceil(MAX_LOAD.0 * L::SLOTS)
-            .checked_next_power_of_two()
-            .expect("capacity overflow"),
+        n => n
+            .checked_mul(MAX_LOAD.1)
+            .map(|slots| slots.div_ceil(MAX_LOAD.0 * L::SLOTS))
+            .and_then(usize::checked_next_power_of_two)
+            .filter(|&lines| lines <= MAX_LINES)
+            .expect("capacity overflow: a shard holds at most 2^31 lines (use more shards)"),
     }
 }
 
 /// What a [`Locked::sweep`] does with an entry.
 pub(crate) enum Verdict<L: Line> {
-    Keep,
     /// Replace it with an entry of an equal key.
     Replace(L::Key, L::Value),
     Remove,
@@ -544,6 +552,7 @@ impl<L: Line> Locked<'_, L> {
         unsafe { lines(self.head.load(Ordering::Relaxed)) }
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn live(&self) -> usize {
         self.state.live
     }
@@ -593,7 +602,7 @@ impl<L: Line> Locked<'_, L> {
         self.reserve_one(rehome);
         let lines = self.lines().expect("reserved");
         let marked = place(lines, hash, tag_of(hash), key, value);
-        self.state.overflowed += marked;
+        self.state.overflowed += marked as u32;
         self.set_live(self.state.live + 1);
     }
 
@@ -626,7 +635,6 @@ impl<L: Line> Locked<'_, L> {
                     continue;
                 }
                 match f(line, slot)? {
-                    Verdict::Keep => {}
                     Verdict::Replace(key, value) => self.replace_in_place(line, slot, &key, &value),
                     Verdict::Remove => self.remove_in_place(line, slot),
                 }
@@ -668,7 +676,8 @@ impl<L: Line> Locked<'_, L> {
     /// Unlinks every entry and the array, leaving an empty array of the
     /// minimum size (or none).
     pub(crate) fn clear(&mut self) {
-        let fresh = (self.state.min_lines > 0).then(|| Array::new(self.state.min_lines));
+        let min = self.state.min_lines as usize;
+        let fresh = (min > 0).then(|| Array::new(min));
         self.publish(fresh, 0, true);
         self.set_live(0);
     }
@@ -680,11 +689,13 @@ impl<L: Line> Locked<'_, L> {
         let slots = lines * L::SLOTS;
         if (self.state.live + 1) * MAX_LOAD.1 > slots * MAX_LOAD.0 {
             let len = lines_for::<L>(self.state.live + 1)
-                .max(self.state.min_lines)
+                .max(self.state.min_lines as usize)
                 .max(2 * lines)
                 .max(1);
             self.rebuild(len, rehome);
-        } else if self.state.overflowed > self.state.overflowed_at_rebuild + lines / 8 {
+        } else if self.state.overflowed as usize
+            > self.state.overflowed_at_rebuild as usize + lines / 8
+        {
             self.rebuild(lines, rehome);
         }
     }
@@ -692,7 +703,9 @@ impl<L: Line> Locked<'_, L> {
     /// Shrinks if the shard is under 3/16 full (to half its lines).
     pub(crate) fn tidy(&mut self, rehome: impl Fn(&L::Key, &L::Value) -> u64) {
         let lines = self.lines().map_or(0, <[L]>::len);
-        if lines > self.state.min_lines.max(1) && self.state.live * 16 < lines * L::SLOTS * 3 {
+        if lines > (self.state.min_lines as usize).max(1)
+            && self.state.live * 16 < lines * L::SLOTS * 3
+        {
             self.rebuild(lines / 2, rehome);
         }
     }
@@ -700,12 +713,22 @@ impl<L: Line> Locked<'_, L> {
     /// Moves every entry into a new array of `len` lines, publishes it, and
     /// retires the old one.
     fn rebuild(&mut self, len: usize, rehome: impl Fn(&L::Key, &L::Value) -> u64) {
+        assert!(
+            len <= MAX_LINES,
+            "a shard holds at most 2^31 lines (use more shards)"
+        );
         let fresh = Array::new(len);
         let mut overflowed = 0;
         for line in self.lines().unwrap_or(&[]) {
             for slot in line.occupied() {
                 let (key, value) = (line.key(slot), line.value(slot));
-                overflowed += place(fresh.lines(), rehome(&key, &value), line.tag(slot), &key, &value);
+                overflowed += place(
+                    fresh.lines(),
+                    rehome(&key, &value),
+                    line.tag(slot),
+                    &key,
+                    &value,
+                ) as u32;
             }
         }
         self.publish(Some(fresh), overflowed, false);
@@ -713,7 +736,7 @@ impl<L: Line> Locked<'_, L> {
 
     /// Makes `fresh` current and retires the old array (and, if `release`,
     /// what its entries own).
-    fn publish(&mut self, fresh: Option<Array<L>>, overflowed: usize, release: bool) {
+    fn publish(&mut self, fresh: Option<Array<L>>, overflowed: u32, release: bool) {
         let word = fresh.map_or(ptr::null_mut(), |array| {
             let word = array.word();
             std::mem::forget(array); // owned by the head from now on

@@ -1,27 +1,22 @@
 //! [`RouterTable`]: a sharded concurrent hash map for read-mostly maps.
 //!
-//! Readers take no lock: they pin the thread ([`crate::epoch`]) and probe
-//! the shard's current table of immutable nodes ([`shard`], which describes
-//! the layout and the protocol). Writers lock one shard's mutex, publish new
-//! nodes and tables, and retire what they unlink; retired memory is freed
-//! once no pinned reader can reach it.
+//! The table is a [`LineTable`] of [`NodeLine`]s: bucket lines of tags and
+//! pointers to immutable nodes. Readers take no lock: they pin the thread
+//! ([`crate::epoch`]) and probe one line (a miss) or one line and a node (a
+//! hit). Writers lock one shard's mutex, store new nodes' pointers in place,
+//! and retire what they unlink; retired memory is freed once no pinned
+//! reader can reach it. The layout and protocol are written up in
+//! `line_table` and `line_table/node_line.rs`.
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-use std::ptr;
-
-use crossbeam_utils::CachePadded;
 
 use crate::epoch;
+use crate::line_table::node_line::{Node, NodeRef};
+use crate::line_table::{drop_garbage, Line, LineTable, Locked, NodeLine, Spot, Verdict};
 use crate::reentrancy::{self, Access};
-use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
-
-mod shard;
-
-use shard::{Head, Locked, Retired, Writer};
 
 #[cfg(feature = "serde")]
 mod serde;
@@ -36,12 +31,12 @@ pub(crate) fn default_shards() -> usize {
         .clamp(16, 256)
 }
 
-/// Drops retired entries after their shard's lock is released; if a `Drop`
-/// panics, the rest are still dropped and the first panic then resumes.
-fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
-    if !garbage.is_empty() {
-        crate::unwind::each_then_resume(garbage, drop);
-    }
+type Shard<'a, K, V> = Locked<'a, NodeLine<K, V>>;
+
+/// A node's hash, for rebuilds (no `K::hash` under the lock).
+fn rehome<K, V>(node: &NodeRef<K, V>, _: &()) -> u64 {
+    // SAFETY: called by the lock holder on a node in the shard.
+    u64::from(unsafe { node.node() }.hash)
 }
 
 /// A concurrent hash map for read-mostly maps, such as a server's
@@ -119,8 +114,8 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 ///
 /// # Panics
 /// Constructing or growing a table whose single shard would need more than
-/// 2^31 slots panics (use more shards), as does a capacity whose slot count
-/// overflows `usize`.
+/// 2^31 lines (2^34 bytes) panics (use more shards), as does a capacity
+/// whose slot count overflows `usize`.
 ///
 /// # Memory
 /// An empty table takes an 8-byte head and a padded 128-byte writer line per
@@ -128,9 +123,10 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// 16, 256)`: 4,352 bytes on 2 cores and 34,816 bytes at 16 cores and up.
 /// [`with_shards`](Self::with_shards) with few shards brings it down
 /// further. An entry is a heap node (key, value and 4 bytes of hash) plus
-/// an 8-byte slot at a load of 3/8 to 3/4. Unlinked entries and tables wait
-/// in their shard until a write finds that at least `max(64, len / 16)`
-/// have piled up there; that write frees those no pinned reader could see.
+/// a slot of a 64-byte line of seven (9.1 bytes) at a load of 3/16 to 3/4.
+/// Unlinked entries wait in their shard until a write finds that at least
+/// `max(64, len / 16)` have piled up there (an outgrown array is collected
+/// at once); that write frees those no pinned reader could see.
 /// What it keeps back for readers is freed, once the last reader that
 /// could see it unpins, by the shard's next collecting write or by a later
 /// operation of any kind: each thread tries every 64th of its operations on
@@ -141,9 +137,9 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// # Protocol
 /// Readers pin themselves in an epoch (a plain store to their own line and
 /// a compiler fence, paired with a `membarrier` on the reclaiming side) and
-/// probe the shard's current table of immutable nodes; writers publish with
+/// probe the shard's current array of lines; writers publish nodes with
 /// `Release` stores under the shard's mutex. The write-ups are at the top of
-/// `src/epoch.rs` and `src/router_table/shard.rs`.
+/// `src/epoch.rs`, `src/line_table.rs` and `src/line_table/node_line.rs`.
 ///
 /// ```
 /// use shardlock::RouterTable;
@@ -159,16 +155,8 @@ fn drop_garbage<K, V>(garbage: Vec<Retired<K, V>>) {
 /// assert!(routes.is_empty());
 /// ```
 pub struct RouterTable<K, V, S = ahash::RandomState> {
-    /// Each shard's current table, for readers.
-    heads: Box<[Head<K, V>]>,
-    /// Each shard's writer side.
-    writers: Box<[CachePadded<Writer<K, V>>]>,
+    lines: LineTable<NodeLine<K, V>>,
     hasher: S,
-    shard_bits: u32,
-    /// Shards holding garbage that a collection kept back for a pinned
-    /// reader; while non-zero, operations help free it (see `# Memory`).
-    pending: CachePadded<AtomicUsize>,
-    _owns: PhantomData<(K, V)>,
 }
 
 // SAFETY: like `RwLock<HashMap<K, V>>`: shared `&K`/`&V` reach many threads
@@ -206,25 +194,10 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// Creates an empty table with `shards` shards (rounded up to a power of
     /// two, at most 2^16) and room for `capacity` entries.
     pub fn with_shards(shards: usize, capacity: usize, hasher: S) -> Self {
-        let shards = shards.clamp(1, 1 << 16).next_power_of_two();
-        let min_slots = shard::slots_for(capacity.div_ceil(shards));
-        let table = RouterTable {
-            heads: (0..shards)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-            writers: (0..shards).map(|_| Writer::new(min_slots)).collect(),
+        RouterTable {
+            lines: LineTable::new(shards, capacity),
             hasher,
-            shard_bits: shards.trailing_zeros(),
-            pending: CachePadded::new(AtomicUsize::new(0)),
-            _owns: PhantomData,
-        };
-        if min_slots > 0 {
-            for index in 0..shards {
-                // Nothing to free: a new table retires only a null one.
-                drop(table.lock(index).finish_now_after(|shard| shard.clear()));
-            }
         }
-        table
     }
 
     /// The table's hasher.
@@ -234,51 +207,13 @@ impl<K, V, S> RouterTable<K, V, S> {
 
     /// The number of shards.
     pub fn shard_count(&self) -> usize {
-        self.heads.len()
+        self.lines.shards()
     }
 
     /// Identifies this table to the reentrancy check.
     #[inline]
     fn id(&self) -> usize {
-        self.heads.as_ptr() as usize
-    }
-
-    #[inline]
-    fn lock(&self, index: usize) -> Locked<'_, K, V> {
-        self.writers[index].lock(&self.heads[index], &self.pending)
-    }
-
-    /// After an operation: if some shard keeps garbage back for readers,
-    /// helps free it (see `# Memory`). One load of a line that changes
-    /// rarely, so reads still write nothing shared.
-    #[inline]
-    fn after_operation(&self) {
-        if self.pending.load(Ordering::Relaxed) != 0 {
-            self.help_reclaim();
-        }
-    }
-
-    /// Frees garbage kept back for readers (see [`epoch::help_free`]). Only
-    /// outside every table's scope, so the `Drop`s it runs may use any
-    /// table.
-    #[cold]
-    #[inline(never)]
-    fn help_reclaim(&self) {
-        if !reentrancy::outside_every_scope() {
-            return;
-        }
-        let garbage = epoch::help_free(
-            || {
-                self.writers
-                    .iter()
-                    .zip(self.heads.iter())
-                    .filter_map(|(writer, head)| writer.try_lock_kept(head, &self.pending))
-                    .collect()
-            },
-            Locked::oldest_kept,
-            Locked::finish_kept,
-        );
-        drop_garbage(garbage);
+        self.lines.id()
     }
 
     /// Runs `f` pinned, inside a scope that lets user code read this table
@@ -290,7 +225,7 @@ impl<K, V, S> RouterTable<K, V, S> {
             let guard = epoch::pin();
             reentrancy::scoped(self.id(), Access::Shared, || f(&guard))
         };
-        self.after_operation();
+        self.lines.after_operation();
         result
     }
 
@@ -298,21 +233,23 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// makes every call on this table from user code (`f`'s closures, `Eq`,
     /// `Clone`) panic; then drops what the write freed, outside the lock.
     #[inline]
-    fn with_write<R>(&self, index: usize, f: impl FnOnce(&mut Locked<'_, K, V>) -> R) -> R {
+    fn with_write<R>(&self, index: usize, f: impl FnOnce(&mut Shard<'_, K, V>) -> R) -> R {
         reentrancy::check(self.id(), true);
-        let mut shard = self.lock(index);
+        let mut shard = self.lines.lock(index);
         let result = reentrancy::scoped(self.id(), Access::Exclusive, || f(&mut shard));
         drop_garbage(shard.finish());
-        self.after_operation();
+        self.lines.after_operation();
         result
     }
 
     /// Runs `f` with every shard write-locked at once: a consistent snapshot.
     /// Writers wait meanwhile; user code inside may read this table.
     #[cfg(feature = "serde")]
-    fn with_all_locked<R>(&self, f: impl FnOnce(&[Locked<'_, K, V>]) -> R) -> R {
+    fn with_all_locked<R>(&self, f: impl FnOnce(&[Shard<'_, K, V>]) -> R) -> R {
         reentrancy::check(self.id(), true);
-        let shards: Vec<_> = (0..self.heads.len()).map(|i| self.lock(i)).collect();
+        let shards: Vec<_> = (0..self.lines.shards())
+            .map(|i| self.lines.lock(i))
+            .collect();
         let _pin = epoch::pin();
         reentrancy::scoped(self.id(), Access::Shared, || f(&shards))
     }
@@ -322,10 +259,12 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// a `Drop` panics, every other entry is still dropped and every shard
     /// cleared, and the first panic then resumes.
     pub fn clear(&self) {
-        let garbage: Vec<Retired<K, V>> = (0..self.heads.len())
+        let garbage: Vec<_> = (0..self.lines.shards())
             .flat_map(|index| {
                 reentrancy::check(self.id(), true);
-                self.lock(index).finish_now_after(|shard| shard.clear())
+                let mut shard = self.lines.lock(index);
+                shard.clear();
+                shard.finish_now()
             })
             .collect();
         drop_garbage(garbage);
@@ -335,38 +274,75 @@ impl<K, V, S> RouterTable<K, V, S> {
     /// moment while writers run).
     pub fn len(&self) -> usize {
         reentrancy::check(self.id(), false);
-        self.writers.iter().map(|w| w.len()).sum()
+        self.lines.len()
     }
 
     /// Whether the table has no entries (with the same caveat as `len`).
     pub fn is_empty(&self) -> bool {
         reentrancy::check(self.id(), false);
-        self.writers.iter().all(|w| w.len() == 0)
+        self.lines.is_empty()
     }
 
-    /// Entries removed or replaced (and tables outgrown) whose memory is not
+    /// Entries removed or replaced (and arrays outgrown) whose memory is not
     /// yet freed: they wait for a batch to fill, or for readers that may
     /// still see them. See the type's `# Memory`.
     pub fn retired(&self) -> usize {
         reentrancy::check(self.id(), true);
-        (0..self.heads.len()).map(|i| self.lock(i).retired()).sum()
+        self.lines.retired()
     }
 
     /// How many entries shard `index` holds before it grows.
     #[cfg(test)]
     fn shard_capacity(&self, index: usize) -> usize {
-        self.lock(index).slots() / 4 * 3
+        let lines = self.lines.lock(index).lines().map_or(0, <[_]>::len);
+        lines * NodeLine::<K, V>::SLOTS / 4 * 3
     }
 
     /// Calls `f` on every entry, one shard at a time, taking no lock.
     /// Weakly consistent; see the type's docs for what `f` may do.
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         self.with_read(|guard| {
-            for head in self.heads.iter() {
-                shard::for_each(head, guard, |node| f(&node.key, &node.value));
+            for index in 0..self.lines.shards() {
+                self.lines.read_shard(guard, index, |node, ()| {
+                    // SAFETY: loaded from a line while pinned (`guard`).
+                    let node = unsafe { node.node() };
+                    f(&node.key, &node.value);
+                });
             }
         });
     }
+}
+
+/// The node of `key` among a probe's entries, if `node` is it.
+///
+/// # Safety
+/// As [`NodeRef::node`]: the caller is pinned (or holds the lock) during
+/// `'g`, and loaded `node` from a line.
+#[inline(always)]
+unsafe fn matching<'g, K: Borrow<Q>, V, Q: Eq + ?Sized>(
+    node: &NodeRef<K, V>,
+    key: &Q,
+) -> Option<&'g Node<K, V>> {
+    // SAFETY: the caller's contract.
+    let node = unsafe { node.node() };
+    (node.key.borrow() == key).then_some(node)
+}
+
+/// Where `key` lies in a locked shard.
+fn find<K: Borrow<Q>, V, Q: Eq + ?Sized>(
+    shard: &Shard<'_, K, V>,
+    hash: u64,
+    key: &Q,
+) -> Option<Spot> {
+    // SAFETY: we hold the shard's lock, so none of its nodes is freed.
+    shard.lookup(hash, |node| unsafe { matching(node, key) }.is_some())
+}
+
+/// The node at `spot` of a locked shard.
+fn node_at<'s, K, V>(shard: &'s Shard<'_, K, V>, spot: Spot) -> &'s Node<K, V> {
+    // SAFETY: we hold the lock during `'s`; a node retired under it is
+    // freed only by a collection after it is released.
+    unsafe { shard.key(spot).node() }
 }
 
 impl<K, V, S> RouterTable<K, V, S>
@@ -379,14 +355,6 @@ where
         self.hasher.hash_one(key)
     }
 
-    /// The shard of `hash`: its top bits (a shard's table indexes by the low
-    /// ones, and tags with bits 32..48).
-    #[inline]
-    fn shard_of(&self, hash: u64) -> usize {
-        // Two shifts, so that 0 shard bits (one shard) is not a shift by 64.
-        (hash >> 1 >> (63 - self.shard_bits)) as usize & (self.heads.len() - 1)
-    }
-
     /// Inserts `value` at `key`, returning a clone of the value it replaced
     /// (the original is dropped once no reader can see it).
     pub fn insert(&self, key: K, value: V) -> Option<V>
@@ -397,22 +365,25 @@ where
     }
 
     /// Inserts `value` at `key`; if that replaced a value, returns what
-    /// `old` makes of it (under the write lock).
+    /// `old` makes of it (under the write lock, before the replace).
     pub(crate) fn put<R>(&self, key: K, value: V, old: impl FnOnce(&V) -> R) -> Option<R> {
         let hash = self.hash(&key);
         // Declared before the lock is taken, so dropped after it is released
-        // even if `K::eq` panics: a key's or value's `Drop` may use the table.
+        // even if `K::eq` or `old` panics: a key's or value's `Drop` may use
+        // the table.
         let mut entry = Some((key, value));
-        self.with_write(self.shard_of(hash), |shard| {
+        self.with_write(self.lines.shard_of(hash), |shard| {
             let key = &entry.as_ref().expect("present").0;
-            match shard.lookup(hash, |k| k == key) {
-                Ok(i) => {
+            match find(shard, hash, key) {
+                Some(spot) => {
+                    let result = old(&node_at(shard, spot).value);
                     let (key, value) = entry.take().expect("present");
-                    Some(old(&shard.replace(i, key, value).value))
+                    shard.replace(spot, &NodeRef::new(hash, key, value), &());
+                    Some(result)
                 }
-                Err(vacant) => {
+                None => {
                     let (key, value) = entry.take().expect("present");
-                    shard.insert_vacant(vacant, hash, key, value);
+                    shard.insert_new(hash, &NodeRef::new(hash, key, value), &(), rehome);
                     None
                 }
             }
@@ -431,7 +402,7 @@ where
     }
 
     /// Clones of the values of a batch of keys, in order. Hashes every key,
-    /// prefetches every home slot, then every matching node, then probes:
+    /// prefetches every home line, then every matching node, then probes:
     /// the batch's cache misses overlap, so on a table much larger than the
     /// caches this beats as many `get`s (see BENCHMARKS.md); on a small one
     /// it gains nothing.
@@ -443,18 +414,24 @@ where
     {
         let hashes = keys.map(|key| self.hash(key));
         self.with_read(|guard| {
-            let heads = hashes.map(|hash| &self.heads[self.shard_of(hash)]);
-            for (head, &hash) in heads.iter().zip(&hashes) {
-                shard::prefetch_slot(head, guard, hash);
+            for &hash in &hashes {
+                self.lines.prefetch(guard, hash);
             }
-            for (head, &hash) in heads.iter().zip(&hashes) {
-                shard::prefetch_node(head, guard, hash);
+            for &hash in &hashes {
+                self.lines.search(guard, hash, |node, _| {
+                    crate::prefetch::prefetch(node.as_ptr());
+                    None::<()>
+                });
             }
             let mut at = 0;
             keys.map(|key| {
-                let (head, hash) = (heads[at], hashes[at]);
                 at += 1;
-                shard::find(head, guard, hash, |k| k.borrow() == key).map(|node| node.value.clone())
+                // SAFETY: pinned (`guard`).
+                self.lines
+                    .search(guard, hashes[at - 1], |node, _| unsafe {
+                        matching(node, key)
+                    })
+                    .map(|node| node.value.clone())
             })
         })
     }
@@ -491,8 +468,11 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let head = &self.heads[self.shard_of(hash)];
-        shard::find(head, guard, hash, |k| k.borrow() == key).map(|node| &node.value)
+        // SAFETY: pinned by `guard` for `'g`.
+        let node = self
+            .lines
+            .search(guard, hash, |node, _| unsafe { matching(node, key) })?;
+        Some(&node.value)
     }
 
     /// Calls `f` on the value at `key`, pinned.
@@ -503,9 +483,11 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let head = &self.heads[self.shard_of(hash)];
         self.with_read(|guard| {
-            let node = shard::find(head, guard, hash, |k| k.borrow() == key)?;
+            // SAFETY: pinned (`guard`) until `f` returns.
+            let node = self
+                .lines
+                .search(guard, hash, |node, _| unsafe { matching(node, key) })?;
             Some(f(&node.value))
         })
     }
@@ -526,14 +508,14 @@ where
         // Declared before the lock is taken, so the clone (half-changed if
         // `f` panicked) is dropped after it is released.
         let mut work: Option<V> = None;
-        let outcome = self.with_write(self.shard_of(hash), |shard| {
-            let i = shard.lookup(hash, |k| k.borrow() == key).ok()?;
-            let node = shard.node(i);
+        let outcome = self.with_write(self.lines.shard_of(hash), |shard| {
+            let spot = find(shard, hash, key)?;
+            let node = node_at(shard, spot);
             let value = work.insert(node.value.clone());
             Some(match panic::catch_unwind(AssertUnwindSafe(|| f(value))) {
                 Ok(result) => {
-                    let key = node.key.clone();
-                    shard.replace(i, key, work.take().expect("present"));
+                    let fresh = NodeRef::new(hash, node.key.clone(), work.take().expect("present"));
+                    shard.replace(spot, &fresh, &());
                     Ok(result)
                 }
                 Err(payload) => Err(payload),
@@ -570,7 +552,7 @@ where
     }
 
     /// Removes `key` if `approve` accepts its value; shrinks the shard if
-    /// that left it a quarter full.
+    /// that left it under 3/16 full.
     fn remove_entry<Q>(&self, key: &Q, approve: impl FnOnce(&V) -> bool) -> Option<V>
     where
         K: Borrow<Q>,
@@ -578,13 +560,14 @@ where
         V: Clone,
     {
         let hash = self.hash(key);
-        self.with_write(self.shard_of(hash), |shard| {
-            let i = shard.lookup(hash, |k| k.borrow() == key).ok()?;
-            if !approve(&shard.node(i).value) {
+        self.with_write(self.lines.shard_of(hash), |shard| {
+            let spot = find(shard, hash, key)?;
+            let node = node_at(shard, spot);
+            if !approve(&node.value) {
                 return None;
             }
-            let value = shard.remove(i).value.clone();
-            shard.tidy();
+            let value = node.value.clone();
+            shard.remove(spot, rehome);
             Some(value)
         })
     }
@@ -607,17 +590,15 @@ where
         // `f`, `K::eq` or `V::clone` panics).
         let mut unused_key = Some(key);
         let mut made: Option<V> = None;
-        self.with_write(self.shard_of(hash), |shard| {
+        self.with_write(self.lines.shard_of(hash), |shard| {
             let key = unused_key.as_ref().expect("present");
-            let vacant = match shard.lookup(hash, |k| k == key) {
-                Ok(i) => return shard.node(i).value.clone(),
-                Err(vacant) => vacant,
-            };
-            // `f` cannot touch this table (the scope forbids it), so `vacant`
-            // stays valid.
+            if let Some(spot) = find(shard, hash, key) {
+                return node_at(shard, spot).value.clone();
+            }
             let copy = made.insert(f()).clone();
             let key = unused_key.take().expect("present");
-            shard.insert_vacant(vacant, hash, key, made.take().expect("present"));
+            let node = NodeRef::new(hash, key, made.take().expect("present"));
+            shard.insert_new(hash, &node, &(), rehome);
             copy
         })
     }
@@ -632,33 +613,31 @@ where
         K: Clone,
         V: Clone,
     {
-        for index in 0..self.heads.len() {
+        for index in 0..self.lines.shards() {
             // Declared before each shard's lock is taken, so dropped after it
             // is released: the clone being worked on, and those of rejected
             // values (a value's `Drop` may use the table).
             let mut current: Option<V> = None;
             let mut rejected: Vec<V> = Vec::new();
             let panicked = self.with_write(index, |shard| {
-                for i in shard.occupied() {
-                    let node = shard.node(i);
+                let swept = shard.sweep(|line, slot| {
+                    // SAFETY: we hold the shard's lock.
+                    let node = unsafe { line.key(slot).node() };
                     let value = current.insert(node.value.clone());
-                    match panic::catch_unwind(AssertUnwindSafe(|| f(&node.key, value))) {
-                        Ok(true) => {
-                            let key = node.key.clone();
-                            shard.replace(i, key, current.take().expect("present"));
+                    match panic::catch_unwind(AssertUnwindSafe(|| f(&node.key, value)))? {
+                        true => {
+                            let value = current.take().expect("present");
+                            let fresh = NodeRef::new(u64::from(node.hash), node.key.clone(), value);
+                            Ok(Verdict::Replace(fresh, ()))
                         }
-                        Ok(false) => {
-                            shard.remove(i);
+                        false => {
                             rejected.extend(current.take());
-                        }
-                        Err(payload) => {
-                            shard.tidy();
-                            return Some(payload);
+                            Ok(Verdict::Remove)
                         }
                     }
-                }
-                shard.tidy();
-                None
+                });
+                shard.tidy(rehome);
+                swept.err()
             });
             // The half-changed clone (if `f` panicked), then the rejected
             // ones; every one is dropped even if a `Drop` panics.
@@ -672,18 +651,6 @@ where
                 panic::resume_unwind(payload);
             }
         }
-    }
-}
-
-impl<K, V, S> Drop for RouterTable<K, V, S> {
-    fn drop(&mut self) {
-        let garbage: Vec<Retired<K, V>> = self
-            .writers
-            .iter_mut()
-            .zip(self.heads.iter_mut())
-            .flat_map(|(writer, head)| writer.take_all(head))
-            .collect();
-        drop_garbage(garbage);
     }
 }
 

@@ -1,7 +1,15 @@
 //! loom models of RouterTable's lock-free read path against writers, with
-//! epoch reclamation (`src/router_table/shard.rs`, `src/epoch.rs`). Under
-//! loom a table has 2 shards, a table starts at 4 slots, and every write
-//! that retires something collects at once.
+//! epoch reclamation (`src/line_table/node_line.rs`, `src/epoch.rs`). Under
+//! loom a table has 2 shards, a shard starts at one line of 7 slots (it
+//! grows at the 6th entry), and every write that retires something collects
+//! at once. Readers run on spawned threads: loom explores the schedules of
+//! spawned threads against each other.
+//!
+//! Mutation checks (run by hand): storing a node's pointer before its tag
+//! on insert fails `a_key_removed_and_put_back_is_never_seen_new_then_absent`;
+//! loading slots `Relaxed` instead of `Acquire` fails
+//! `reader_against_a_rebuild_and_its_reclamation` (a race on the value's
+//! cell).
 #![cfg(loom)]
 
 use loom::sync::Arc;
@@ -21,8 +29,8 @@ fn table() -> Arc<Table> {
 #[test]
 fn reader_during_growth_sees_old_or_new_never_torn() {
     loom::model(|| {
-        // Capacity 0: the writer's inserts grow (rehash) the shard's table
-        // while the reader looks keys up in it.
+        // Capacity 0: the writer's inserts create the other shard's array
+        // and fill key 1's line while the reader looks keys up in it.
         let table = table();
         table.insert(1, 10);
         let writer = {
@@ -34,9 +42,12 @@ fn reader_during_growth_sees_old_or_new_never_torn() {
                 table.update(&1, |v| *v += 1);
             })
         };
-        let v = table.get(&1).unwrap();
+        let reader = {
+            let table = table.clone();
+            thread::spawn(move || (table.get(&1).unwrap(), table.get(&5)))
+        };
+        let (v, late) = reader.join().unwrap();
         assert!(v == 10 || v == 11);
-        let late = table.get(&5);
         assert!(late.is_none() || late == Some(50));
         writer.join().unwrap();
         assert_eq!(table.len(), 5);
@@ -159,17 +170,31 @@ fn cells() -> Arc<Cells> {
     Arc::new(Cells::with_hasher(BuildHasherDefault::default()))
 }
 
-/// Runs `write` on another thread while this one reads key 1 (value 10):
-/// the read must see a whole published value, and the value it reads must
-/// not be freed under it.
+/// Runs `write` on one thread while another reads key 1 (value 10): the
+/// read must see a whole published value, and the value it reads must not
+/// be freed under it.
 fn reader_against(write: impl FnOnce(&Cells) + Send + 'static, allowed: &[Option<u32>]) {
+    reader_against_prepared(|_| {}, write, allowed)
+}
+
+/// [`reader_against`] after `prepare` ran on the table.
+fn reader_against_prepared(
+    prepare: impl FnOnce(&Cells),
+    write: impl FnOnce(&Cells) + Send + 'static,
+    allowed: &[Option<u32>],
+) {
     let table = cells();
     table.insert(1, Tracked::new(10));
+    prepare(&table);
     let writer = {
         let table = table.clone();
         thread::spawn(move || write(&table))
     };
-    let seen = table.get_with(&1, Tracked::get);
+    let reader = {
+        let table = table.clone();
+        thread::spawn(move || table.get_with(&1, Tracked::get))
+    };
+    let seen = reader.join().unwrap();
     assert!(allowed.contains(&seen), "read {seen:?}");
     writer.join().unwrap();
 }
@@ -197,25 +222,62 @@ fn reader_against_a_remove_and_its_reclamation() {
 #[test]
 fn reader_against_a_rebuild_and_its_reclamation() {
     loom::model(|| {
-        // Key 1's shard holds 2 entries in its 4 slots; a third rebuilds it
-        // into 8, retiring the old table, then an update replaces key 1.
+        // Key 1's shard holds 5 entries in its one line of 7 slots; a
+        // sixth rebuilds it into 2 lines, retiring the old array, then an
+        // update replaces key 1.
         let same_shard: Vec<u32> = {
             use std::hash::BuildHasher;
             let hasher = BuildHasherDefault::<DefaultHasher>::default();
             let shard = hasher.hash_one(1u32) >> 63;
             (2..)
                 .filter(|k| hasher.hash_one(k) >> 63 == shard)
-                .take(2)
+                .take(5)
                 .collect()
         };
-        reader_against(
-            move |t| {
-                for k in same_shard {
+        let (before, last) = same_shard.split_at(4);
+        let last = last[0];
+        reader_against_prepared(
+            |t| {
+                for &k in before {
                     t.insert(k, Tracked::new(k));
                 }
+            },
+            move |t| {
+                t.insert(last, Tracked::new(last));
                 t.update(&1, |v| *v = Tracked::new(12));
             },
             &[Some(10), Some(12)],
         )
+    });
+}
+
+#[test]
+fn a_key_removed_and_put_back_is_never_seen_new_then_absent() {
+    // The remove frees key 1's slot and the insert takes the same slot back.
+    // Two reads in a row must not see the new value and then nothing: the
+    // tag filter must never hide a filled slot, nor show a slot whose
+    // insert has not happened (header before pointer on insert, pointer
+    // before header on remove).
+    loom::model(|| {
+        let table = table();
+        table.insert(1, 10);
+        let writer = {
+            let table = table.clone();
+            thread::spawn(move || {
+                table.remove(&1);
+                table.insert(1, 11);
+            })
+        };
+        let reader = {
+            let table = table.clone();
+            thread::spawn(move || (table.get(&1), table.get(&1)))
+        };
+        let (first, second) = reader.join().unwrap();
+        writer.join().unwrap();
+        assert!(
+            !(first == Some(11) && second.is_none()),
+            "saw the new value, then no value"
+        );
+        assert_eq!(table.get(&1), Some(11));
     });
 }

@@ -30,7 +30,7 @@ where
     S: BuildHasher + Default,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TableVisitor<K, V, S>(PhantomData<InlineTable<K, V, S>>);
+        struct TableVisitor<K: Copy, V: Copy, S>(PhantomData<InlineTable<K, V, S>>);
 
         impl<'de, K, V, S> Visitor<'de> for TableVisitor<K, V, S>
         where

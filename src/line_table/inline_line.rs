@@ -163,7 +163,11 @@ impl<K, V> InlineLine<K, V> {
     /// (no retry loop here), so each word is loaded at a fixed offset from
     /// the line, with nothing hoisted or spilled.
     #[inline(always)]
-    fn try_read<R>(&self, tag: u8, visit: &mut impl FnMut(&K, &V) -> Option<R>) -> Option<Found<R>> {
+    fn try_read<R>(
+        &self,
+        tag: u8,
+        visit: &mut impl FnMut(&K, &V) -> Option<R>,
+    ) -> Option<Found<R>> {
         let (kw, vw) = (Self::KEY_WORDS, Self::VALUE_WORDS);
         let h1 = self.header.load(Ordering::Acquire);
         if h1 & ODD != 0 {
@@ -416,7 +420,11 @@ mod tests {
         line.insert(1, 0x81, &7, &70);
         line.insert(0, 0x82, &8, &80);
         assert_eq!(
-            (hit(&line, 0x81, 7), hit(&line, 0x82, 8), hit(&line, 0x81, 8)),
+            (
+                hit(&line, 0x81, 7),
+                hit(&line, 0x82, 8),
+                hit(&line, 0x81, 8)
+            ),
             (Some(70), Some(80), None)
         );
         line.replace(1, &7, &71);

@@ -104,14 +104,10 @@ impl<K, V> NodeRef<K, V> {
         unsafe { self.0.as_ref() }
     }
 
-    /// Frees a node that was never published (an insert that did not
-    /// happen).
-    ///
-    /// # Safety
-    /// No line holds it and no one else frees it.
-    pub(crate) unsafe fn into_inner(self) -> Node<K, V> {
-        // SAFETY: the caller's contract; it came from `Box::leak`.
-        *unsafe { Box::from_raw(self.0.as_ptr()) }
+    /// The node's address (for prefetching).
+    #[inline(always)]
+    pub(crate) fn as_ptr(self) -> *const Node<K, V> {
+        self.0.as_ptr()
     }
 }
 
@@ -277,7 +273,10 @@ mod tests {
         };
         line.insert(6, 0x81, &NodeRef::new(1, 7, 70), &());
         line.insert(0, 0x82, &NodeRef::new(2, 8, 80), &());
-        assert_eq!((hit(0x81, 7), hit(0x82, 8), hit(0x81, 8)), (Some(70), Some(80), None));
+        assert_eq!(
+            (hit(0x81, 7), hit(0x82, 8), hit(0x81, 8)),
+            (Some(70), Some(80), None)
+        );
         let old = line.key(6);
         line.replace(6, &NodeRef::new(1, 7, 71), &());
         assert_eq!(hit(0x81, 7), Some(71));
@@ -296,6 +295,9 @@ mod tests {
         }
         assert_eq!((hit(0x81, 7), line.occupied().count()), (None, 0));
         line.set_overflow();
-        assert!(matches!(line.read(0x81, |_, _| None::<()>), Found::Miss { overflow: true }));
+        assert!(matches!(
+            line.read(0x81, |_, _| None::<()>),
+            Found::Miss { overflow: true }
+        ));
     }
 }

@@ -20,7 +20,7 @@ fn two_shards() -> Table {
 /// A key of `table` in shard `shard`.
 fn key_in<V>(table: &RouterTable<u64, V>, shard: usize) -> u64 {
     (0..)
-        .find(|k| table.shard_of(table.hash(k)) == shard)
+        .find(|k| table.lines.shard_of(table.hash(k)) == shard)
         .unwrap()
 }
 

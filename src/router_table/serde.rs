@@ -8,6 +8,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::RouterTable;
+use crate::line_table::Line;
 
 impl<K: Serialize, V: Serialize, S> Serialize for RouterTable<K, V, S> {
     /// Serializes a consistent snapshot, length first (so length-prefixed
@@ -18,9 +19,12 @@ impl<K: Serialize, V: Serialize, S> Serialize for RouterTable<K, V, S> {
             let len = shards.iter().map(|shard| shard.live()).sum();
             let mut map = serializer.serialize_map(Some(len))?;
             for shard in shards {
-                for i in shard.occupied() {
-                    let node = shard.node(i);
-                    map.serialize_entry(&node.key, &node.value)?;
+                for line in shard.lines().unwrap_or(&[]) {
+                    for slot in line.occupied() {
+                        // SAFETY: every shard is locked, so no node is freed.
+                        let node = unsafe { line.key(slot).node() };
+                        map.serialize_entry(&node.key, &node.value)?;
+                    }
                 }
             }
             map.end()
