@@ -94,6 +94,8 @@ pub(crate) trait Line: Sized {
     type Owned;
     /// Entries per line.
     const SLOTS: usize;
+    /// Whether entries own anything (else `release` is never called).
+    const OWNS: bool;
 
     /// An empty line (loom's atomics must be built, not zeroed).
     #[cfg(loom)]
@@ -559,6 +561,7 @@ impl<L: Line> Locked<'_, L> {
 
     /// Where the key `eq` accepts lies on `hash`'s probe. Valid until the
     /// shard changes.
+    #[inline]
     pub(crate) fn lookup(&self, hash: u64, mut eq: impl FnMut(&L::Key) -> bool) -> Option<Spot> {
         let lines = self.lines()?;
         let (mask, tag) = (lines.len() - 1, tag_of(hash));
@@ -646,13 +649,18 @@ impl<L: Line> Locked<'_, L> {
     /// Frees `slot` of `line` (in the current array), retiring what its
     /// entry owns. Never rebuilds.
     fn remove_in_place(&mut self, line: &L, slot: usize) {
-        let (key, value) = (line.key(slot), line.value(slot));
+        let old = L::OWNS.then(|| (line.key(slot), line.value(slot)));
         line.remove(slot);
-        // SAFETY: unlinked just now, released once.
-        if let Some(owned) = unsafe { L::release(key, value) } {
+        self.release(old);
+        self.set_live(self.state.live - 1);
+    }
+
+    /// Retires what an entry just unlinked owns.
+    fn release(&mut self, old: Option<(L::Key, L::Value)>) {
+        // SAFETY: the caller unlinked `old` just now and releases it once.
+        if let Some(owned) = old.and_then(|(key, value)| unsafe { L::release(key, value) }) {
             self.retire(Garbage::Owned(owned));
         }
-        self.set_live(self.state.live - 1);
     }
 
     /// Replaces the entry at `spot` with one of an equal key, retiring what
@@ -665,12 +673,9 @@ impl<L: Line> Locked<'_, L> {
 
     /// Replaces the entry in `slot` of `line` (in the current array).
     fn replace_in_place(&mut self, line: &L, slot: usize, key: &L::Key, value: &L::Value) {
-        let (old_key, old_value) = (line.key(slot), line.value(slot));
+        let old = L::OWNS.then(|| (line.key(slot), line.value(slot)));
         line.replace(slot, key, value);
-        // SAFETY: unlinked just now, released once.
-        if let Some(owned) = unsafe { L::release(old_key, old_value) } {
-            self.retire(Garbage::Owned(owned));
-        }
+        self.release(old);
     }
 
     /// Unlinks every entry and the array, leaving an empty array of the
@@ -774,6 +779,7 @@ impl<L: Line> Locked<'_, L> {
 
     /// Unlocks; collects first if this write retired an array or enough
     /// garbage waits. Returns what to drop after the lock is gone.
+    #[inline]
     pub(crate) fn finish(self) -> Vec<Garbage<L>> {
         let batch = (self.state.live / 16).max(MIN_BATCH);
         if self.state.retired_array || self.state.weight >= batch {

@@ -100,7 +100,7 @@
 //! waiting behind readers, and an overflow-row reader. Under loom there are 2
 //! own rows, so a third thread takes the overflow path.
 //! Nested reads were built for `RouterTable`'s lock-based shards; since its
-//! reads became lock-free (`src/router_table/shard.rs`) nothing passes
+//! reads became lock-free (`src/line_table/node_line.rs`) nothing passes
 //! `nested = true`, so that path is unused and no longer model-checked
 //! (`loom-tests/tests/router_table.rs` now models the lock-free reads).
 //!

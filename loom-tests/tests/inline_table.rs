@@ -1,4 +1,4 @@
-//! loom models of InlineTable's bucket protocol (`src/inline_table/bucket.rs`):
+//! loom models of InlineTable's bucket protocol (`src/line_table/inline_line.rs`):
 //! optimistic reads against an in-place write, a remove and a resize, and
 //! two writers handing the shard lock over. Values are pairs that are only
 //! ever written with both halves equal, so a torn read shows as unequal

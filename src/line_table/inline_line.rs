@@ -230,12 +230,13 @@ impl<K, V> InlineLine<K, V> {
     }
 
     /// `count` words from `at`, for the writer (no concurrent write).
-    #[inline]
+    #[inline(always)]
     fn words_at(&self, at: usize, count: usize) -> [MaybeUninit<u32>; WORDS] {
-        std::array::from_fn(|w| match w < count {
-            true => self.words[at + w].load(Ordering::Relaxed),
-            false => MaybeUninit::uninit(),
-        })
+        let mut words = [MaybeUninit::uninit(); WORDS];
+        for (word, atomic) in words[..count].iter_mut().zip(&self.words[at..]) {
+            *word = atomic.load(Ordering::Relaxed);
+        }
+        words
     }
 }
 
@@ -244,6 +245,7 @@ impl<K: Copy, V: Copy> Line for InlineLine<K, V> {
     type Value = V;
     type Owned = std::convert::Infallible;
     const SLOTS: usize = Self::FIT;
+    const OWNS: bool = false;
 
     #[cfg(loom)]
     fn empty() -> Self {

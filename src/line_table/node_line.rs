@@ -156,6 +156,7 @@ impl<K, V> Line for NodeLine<K, V> {
     type Value = ();
     type Owned = NodeBox<K, V>;
     const SLOTS: usize = SLOTS;
+    const OWNS: bool = true;
 
     #[cfg(loom)]
     fn empty() -> Self {
