@@ -292,7 +292,9 @@ struct State<L: Line> {
 pub(crate) struct LineTable<L: Line> {
     heads: Box<[AtomicPtr<L>]>,
     writers: Box<[CachePadded<Writer<L>>]>,
-    shard_bits: u32,
+    /// `63 - log2(shards)`: a hash shifted right by one and then this is
+    /// its shard (two shifts, so that one shard is not a shift by 64).
+    shard_shift: u32,
     /// Shards holding garbage that a collection kept back for a pinned
     /// reader; while non-zero, operations help free it.
     pending: CachePadded<AtomicUsize>,
@@ -325,7 +327,7 @@ impl<L: Line> LineTable<L> {
                     })
                 })
                 .collect(),
-            shard_bits: shards.trailing_zeros(),
+            shard_shift: 63 - shards.trailing_zeros(),
             pending: CachePadded::new(AtomicUsize::new(0)),
         };
         if min_lines > 0 {
@@ -366,8 +368,7 @@ impl<L: Line> LineTable<L> {
     /// The shard of `hash`: its top bits.
     #[inline(always)]
     pub(crate) fn shard_of(&self, hash: u64) -> usize {
-        // Two shifts, so that 0 shard bits (one shard) is not a shift by 64.
-        (hash >> 1 >> (63 - self.shard_bits)) as usize & (self.heads.len() - 1)
+        (hash >> 1 >> self.shard_shift) as usize
     }
 
     pub(crate) fn lock(&self, index: usize) -> Locked<'_, L> {

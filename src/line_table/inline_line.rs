@@ -175,8 +175,11 @@ impl<K, V> InlineLine<K, V> {
         }
         // Each matching slot is copied and validated on its own (there is
         // usually one), so the copy stays in registers.
+        let mut tags = h1 >> TAG_SHIFT;
         for slot in 0..Self::FIT {
-            if tag_at(h1, slot) != tag {
+            let here = tags as u8;
+            tags >>= 8;
+            if here != tag {
                 continue;
             }
             let base = Self::base(slot);
