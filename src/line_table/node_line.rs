@@ -12,6 +12,12 @@
 //! A [`Node`] `{hash, key, value}` never changes once published; `insert`
 //! over a key, `update` and `retain` store a new node in the same slot.
 //!
+//! So a lookup touches, besides the shard's head word (read-mostly, shared
+//! by 8 shards a line), its home line and, only on a tag match, that node:
+//! a miss reads one line (two if its home line overflowed), a hit one line
+//! and a node. Tags are 7 bits of the hash, so a miss dereferences a node
+//! for 1 slot in 128 of those it passes.
+//!
 //! # Protocol
 //! The slot pointer is the truth; the header's tags are a filter that never
 //! hides an occupied slot: a tag is set before its slot is filled and
