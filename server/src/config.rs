@@ -19,6 +19,17 @@ fn truthy(s: &str) -> Result<bool, std::convert::Infallible> {
     ))
 }
 
+/// An auth token: anything but empty.
+fn token(s: &str) -> Result<String, &'static str> {
+    if s.is_empty() {
+        return Err(
+            "the token is empty, which would let in anyone who sends `?token=`; \
+                    give a non-empty token, or no token to turn auth off",
+        );
+    }
+    Ok(s.to_owned())
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "shardlock-server",
@@ -89,7 +100,8 @@ pub struct Config {
     pub drain_timeout: u64,
     /// Shared secret clients must present (`Authorization: Bearer <token>`
     /// or `?token=<token>`). Off by default, as in Locktopus.
-    #[arg(long, env = "LOCKTOPUS_AUTH_TOKEN", hide_env_values = true)]
+    /// An empty token is refused at start-up (it would let `?token=` in).
+    #[arg(long, env = "LOCKTOPUS_AUTH_TOKEN", hide_env_values = true, value_parser = token)]
     pub auth_token: Option<String>,
     /// Runtime worker threads (0: one per CPU). Fewer than the CPUs leaves
     /// room for co-located clients and shortens the latency tail there.
@@ -167,6 +179,16 @@ mod tests {
         assert_eq!(c.port, 9009);
         assert_eq!(c.default_abandon_timeout, 60_000);
         assert!(c.tls_cert.is_none());
+    }
+
+    #[test]
+    fn an_empty_auth_token_is_refused() {
+        let err = Config::try_parse_from(["shardlock-server", "--auth-token", ""]).unwrap_err();
+        assert!(err.to_string().contains("token is empty"), "{err}");
+        assert_eq!(
+            parse(&["--auth-token", "x"]).auth_token.as_deref(),
+            Some("x")
+        );
     }
 
     #[test]

@@ -41,10 +41,12 @@ pub enum ErrorKind {
     EmptyLock,
     Limit,
     BinaryFrame,
+    /// A frame the WebSocket layer refused (closed with 1002 or 1007).
+    Frame,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::BadJson,
         ErrorKind::UnknownAction,
         ErrorKind::BadLockType,
@@ -52,6 +54,7 @@ impl ErrorKind {
         ErrorKind::EmptyLock,
         ErrorKind::Limit,
         ErrorKind::BinaryFrame,
+        ErrorKind::Frame,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::EmptyLock => "empty_lock",
             ErrorKind::Limit => "limit",
             ErrorKind::BinaryFrame => "binary_frame",
+            ErrorKind::Frame => "websocket_frame",
         }
     }
 }

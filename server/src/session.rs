@@ -116,7 +116,17 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                         peer.fail(e).await;
                         break End::Error;
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                    Some(Err(e)) => {
+                        // A frame the WebSocket layer refused: say why with
+                        // the close code RFC 6455 gives it, where it has one.
+                        if let Some((code, reason)) = close_code(&e) {
+                            shared.metrics.protocol_error(ErrorKind::Frame);
+                            let _ = peer.close(code, reason).await;
+                            break End::Error;
+                        }
+                        break End::Gone;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break End::Gone,
                 };
                 let command = session.on_text(text.as_str(), &limits, || ns.next_id());
                 match command {
@@ -265,6 +275,20 @@ fn too_long(e: &axum::Error) -> bool {
         std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>()),
         Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
     )
+}
+
+/// The close code and reason for a frame the WebSocket layer refused
+/// (RFC 6455, 7.4.1): 1007 for text that is not UTF-8, 1002 for any other
+/// breach of the framing (an unmasked client frame, a reserved opcode or
+/// bit, a control frame over 125 bytes or fragmented); `None` for a
+/// connection that simply failed.
+fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::Error;
+    match std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>())? {
+        Error::Utf8(_) => Some((1007, "text frame is not UTF-8")),
+        Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
+        _ => None,
+    }
 }
 
 /// The connection's socket, with every write bounded in time.

@@ -618,24 +618,11 @@ async fn a_peer_that_floods_and_never_reads_is_cut_off_and_its_lock_released() {
 /// socket always has a frame ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_floods_pings_and_never_reads_is_cut_off() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let server = Server::start(&["--keepalive-interval", "100"]).await;
     let addr = server.addr;
     let flood = std::thread::spawn(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        let request = format!(
-            "GET /v1?namespace=pings HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut head = [0u8; 1024];
-        let n = stream.read(&mut head).unwrap();
-        assert!(
-            head[..n].starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head[..n])
-        );
+        let mut stream = raw_ws(addr, "pings");
         // A masked ping with the largest control payload (125 bytes), mask 0.
         let mut frame = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
         frame.extend_from_slice(&[7u8; 125]);
@@ -668,4 +655,154 @@ async fn a_peer_that_floods_pings_and_never_reads_is_cut_off() {
         })
         .await;
     server.stop().await;
+}
+
+/// A WebSocket session on `/v1?namespace={ns}` opened by hand over plain
+/// TCP, for frames that no client library would send.
+fn raw_ws(addr: SocketAddr, ns: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "GET /v1?namespace={ns} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    // The 101 response ends with an empty line; read it byte by byte so no
+    // frame after it is swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// The code of the close frame the server sends next (skipping other
+/// frames), or `None` if the connection ends without one (bounded: 10 s).
+fn next_close_code(stream: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    loop {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).ok()?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).ok()?;
+                u64::from(u16::from_be_bytes(ext))
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).ok()?;
+                u64::from_be_bytes(ext)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).ok()?;
+        if head[0] & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_the_websocket_layer_refuses_get_a_close_code() {
+    let server = Server::start(&[]).await;
+    let addr = server.addr;
+    let mut oversized_ping = vec![0x89, 0x80 | 126, 0, 126, 0, 0, 0, 0];
+    oversized_ping.extend_from_slice(&[1u8; 126]);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("an unmasked text frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("a reserved opcode", vec![0x83, 0x80, 0, 0, 0, 0], 1002),
+        (
+            "text that is not UTF-8",
+            vec![0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe],
+            1007,
+        ),
+        ("a ping over 125 bytes", oversized_ping, 1002),
+    ];
+    let seen = tokio::task::spawn_blocking(move || {
+        cases
+            .into_iter()
+            .map(|(what, frame, want)| {
+                use std::io::Write;
+                let mut stream = raw_ws(addr, "frames");
+                stream.write_all(&frame).unwrap();
+                (what, next_close_code(&mut stream), want)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (what, got, want) in seen {
+        assert_eq!(got, Some(want), "{what}");
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"shardlock_protocol_errors_total{kind="websocket_frame"} 4"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = Server::start(&["--auth-token", "s3cret"]).await;
+    let url = format!("http://{}/metrics", server.addr);
+    let statuses = tokio::task::spawn_blocking(move || {
+        [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret",
+            "Basic s3cret",
+            "bearer wrong",
+        ]
+        .map(
+            |value| match ureq::get(&url).set("Authorization", value).call() {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(s, _)) => s,
+                Err(e) => panic!("{e}"),
+            },
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200, 200, 200, 401, 401]);
+    server.stop().await;
+}
+
+#[test]
+fn an_empty_auth_token_from_the_environment_stops_the_start() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardlock-server"))
+        .args(["--port", "0"])
+        .env("LOCKTOPUS_AUTH_TOKEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the server started with an empty token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("token is empty"), "{stderr}");
 }
