@@ -205,9 +205,9 @@ async fn stats_v1(State(shared): State<Arc<Shared>>, Query(params): Params) -> R
             "URL parameter 'namespace' is required",
         );
     };
-    match shared.namespaces.get(name) {
+    match shared.namespaces.stats(name) {
         None => text(StatusCode::NOT_FOUND, "Namespace not found"),
-        Some(ns) => axum::Json(ns.stats()).into_response(),
+        Some(stats) => axum::Json(stats).into_response(),
     }
 }
 

@@ -1,7 +1,19 @@
 //! Namespaces: one `PathLock` each, created on first use and dropped when
 //! nothing refers to them (no session and no abandoned lock waiting out its
 //! timeout).
-use std::collections::HashMap;
+//!
+//! Lock ids never repeat within a namespace for the life of the process,
+//! although a namespace is dropped when idle (Locktopus keeps every
+//! namespace forever): a dropped namespace's last id is remembered, and a
+//! namespace created again under its name counts on from there. The memory
+//! is bounded: names are remembered exactly up to [`REMEMBERED_BYTES`] of
+//! names, and the oldest beyond that are folded into a fixed table of
+//! high-water marks indexed by a hash of the name, which a new namespace
+//! whose name hashes there also starts above. So ids stay unique and
+//! increasing per name; a name never seen starts at 1 unless its hash meets
+//! a forgotten name's.
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +32,29 @@ pub struct Namespace {
     pub segments_live: AtomicU64,
 }
 
+/// How many bytes of dropped namespaces' names are remembered exactly.
+pub const REMEMBERED_BYTES: usize = 4 << 20;
+/// High-water marks for names no longer remembered exactly.
+const HIGH_WATER_SLOTS: usize = 4096;
+
 impl Namespace {
+    /// A namespace whose first lock id is `last_id + 1`.
+    fn counting_from(last_id: u64) -> Namespace {
+        Namespace {
+            last_id: AtomicU64::new(last_id),
+            ..Namespace::default()
+        }
+    }
+
+    /// The `stats_v1` of a dropped namespace: idle, its last id kept.
+    fn dropped_stats(last_id: u64) -> StatsV1 {
+        StatsV1 {
+            last_group_id: last_id,
+            path_count: 1,
+            ..StatsV1::default()
+        }
+    }
+
     /// The next lock id: a per-namespace counter from 1.
     pub fn next_id(&self) -> u64 {
         self.last_id.fetch_add(1, Relaxed) + 1
@@ -72,10 +106,92 @@ struct Entry {
     refs: usize,
 }
 
-/// Every live namespace.
+/// Every live namespace, and the last ids of dropped ones.
 #[derive(Default)]
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
+    dropped: Mutex<Dropped>,
+}
+
+/// The last ids of dropped namespaces (see the module docs).
+struct Dropped {
+    exact: HashMap<String, u64>,
+    /// Names in the order they were dropped (a name dropped again may
+    /// appear twice; eviction skips names no longer in `exact`).
+    order: VecDeque<String>,
+    bytes: usize,
+    high_water: Box<[u64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Dropped {
+    fn default() -> Self {
+        Dropped {
+            exact: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            high_water: vec![0; HIGH_WATER_SLOTS].into_boxed_slice(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl Dropped {
+    fn slot(&self, name: &str) -> usize {
+        self.hasher.hash_one(name) as usize % HIGH_WATER_SLOTS
+    }
+
+    /// The last id `name` had, or a bound above it (0 for a name never
+    /// seen, unless a forgotten name shares its slot).
+    fn last_id(&self, name: &str) -> u64 {
+        self.exact
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .max(self.high_water[self.slot(name)])
+    }
+
+    /// The exact last id of `name`, if remembered.
+    fn exact(&self, name: &str) -> Option<u64> {
+        self.exact.get(name).copied()
+    }
+
+    /// Forgets `name` (its namespace is live again, counting on).
+    fn revive(&mut self, name: &str) {
+        if self.exact.remove(name).is_some() {
+            self.bytes -= name.len();
+        }
+    }
+
+    fn remember(&mut self, name: &str, last_id: u64) {
+        if last_id == 0 {
+            return; // no id was given out: nothing to keep above
+        }
+        if self.exact.insert(name.to_owned(), last_id).is_none() {
+            self.bytes += name.len();
+        }
+        self.order.push_back(name.to_owned());
+        // Every remembered name is in `order` at least once, so this ends
+        // with `bytes` in bound.
+        while self.bytes > REMEMBERED_BYTES {
+            let oldest = self
+                .order
+                .pop_front()
+                .expect("remembered names are in order");
+            if let Some(id) = self.exact.remove(&oldest) {
+                self.bytes -= oldest.len();
+                let slot = self.slot(&oldest);
+                self.high_water[slot] = self.high_water[slot].max(id);
+            }
+        }
+        // Stale entries (names revived or evicted) go once they are half.
+        if self.order.len() > 2 * self.exact.len() + 64 {
+            let mut seen = std::collections::HashSet::new();
+            let exact = &self.exact;
+            self.order
+                .retain(|n| exact.contains_key(n) && seen.insert(n.clone()));
+        }
+    }
 }
 
 /// Too many sessions in one namespace.
@@ -87,6 +203,18 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn dropped(&self) -> std::sync::MutexGuard<'_, Dropped> {
+        self.dropped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `stats_v1` of namespace `name`: live, or dropped and remembered.
+    pub fn stats(&self, name: &str) -> Option<StatsV1> {
+        if let Some(ns) = self.get(name) {
+            return Some(ns.stats());
+        }
+        self.dropped().exact(name).map(Namespace::dropped_stats)
+    }
+
     /// Joins (creating if needed) namespace `name` as a session.
     pub fn join(
         self: &Arc<Self>,
@@ -94,14 +222,21 @@ impl Registry {
         max_sessions: usize,
     ) -> Result<Member, NamespaceFull> {
         let mut entries = self.entries();
-        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
-            namespace: Arc::default(),
-            sessions: 0,
-            refs: 0,
+        let entry = entries.entry(name.to_owned()).or_insert_with(|| {
+            let mut dropped = self.dropped();
+            let last_id = dropped.last_id(name);
+            dropped.revive(name);
+            Entry {
+                namespace: Arc::new(Namespace::counting_from(last_id)),
+                sessions: 0,
+                refs: 0,
+            }
         });
         if entry.sessions >= max_sessions {
             if entry.refs == 0 {
-                entries.remove(name);
+                let gone = entries.remove(name).expect("just found");
+                self.dropped()
+                    .remember(name, gone.namespace.last_id.load(Relaxed));
             }
             return Err(NamespaceFull);
         }
@@ -148,7 +283,9 @@ impl Registry {
             entry.sessions -= 1;
         }
         if entry.refs == 0 {
-            entries.remove(name);
+            let gone = entries.remove(name).expect("just found");
+            self.dropped()
+                .remember(name, gone.namespace.last_id.load(Relaxed));
         }
     }
 
@@ -193,5 +330,41 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.registry.leave(&self.name, self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(registry: &Arc<Registry>, name: &str, n: usize) -> Vec<u64> {
+        let member = registry.join(name, 10).unwrap();
+        (0..n).map(|_| member.namespace().next_id()).collect()
+    }
+
+    #[test]
+    fn ids_count_on_after_a_namespace_is_dropped_and_made_again() {
+        let registry = Arc::new(Registry::default());
+        assert_eq!(ids(&registry, "a", 3), [1, 2, 3]);
+        assert_eq!(registry.len(), 0, "dropped once idle");
+        assert_eq!(registry.stats("a").unwrap().last_group_id, 3);
+        assert!(registry.stats("never").is_none());
+        assert_eq!(ids(&registry, "a", 2), [4, 5]);
+        assert_eq!(ids(&registry, "b", 1), [1]);
+    }
+
+    #[test]
+    fn forgotten_names_still_never_repeat_an_id() {
+        let registry = Arc::new(Registry::default());
+        assert_eq!(ids(&registry, "first", 5), [1, 2, 3, 4, 5]);
+        // Drop enough other long names that "first" is no longer
+        // remembered exactly.
+        let long = "x".repeat(64 << 10);
+        for i in 0..(REMEMBERED_BYTES / long.len() + 2) {
+            ids(&registry, &format!("{long}{i}"), 1);
+        }
+        assert!(registry.stats("first").is_none(), "forgotten exactly");
+        assert!(registry.dropped().bytes <= REMEMBERED_BYTES);
+        assert_eq!(ids(&registry, "first", 1), [6]);
     }
 }

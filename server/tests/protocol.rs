@@ -806,3 +806,28 @@ fn an_empty_auth_token_from_the_environment_stops_the_start() {
     assert!(!status.success());
     assert!(stderr.contains("token is empty"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_never_repeat_in_a_namespace_that_was_dropped_and_made_again() {
+    let server = Server::start(&[]).await;
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let mut a = server.client("namespace=again").await;
+        first.push(a.lock(&[(W, &["x"])]).await.unwrap().id);
+        a.release().await.unwrap();
+        a.close().await.unwrap();
+        // Idle now: the namespace is dropped, and its stats stay.
+        server
+            .until("the idle namespace to be dropped", async |s| {
+                let (_, body) = s.get("/").await;
+                !body.contains("again")
+            })
+            .await;
+        let stats = server.stats("again").await;
+        assert_eq!(stats["LastGroupID"], *first.last().unwrap(), "{stats}");
+        assert_eq!(stats["GroupsAcquired"], 0, "{stats}");
+    }
+    assert_eq!(first, [1, 2], "the second namespace counts on from the first");
+    assert_eq!(server.get("/stats_v1?namespace=never").await.0, 404);
+    server.stop().await;
+}
