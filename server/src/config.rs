@@ -52,6 +52,26 @@ pub struct Config {
         default_value_t = 60_000
     )]
     pub default_abandon_timeout: u64,
+    /// Longest abandon timeout (ms) a client may ask for with
+    /// `abandon-timeout-ms`; a longer one is refused with HTTP 400.
+    #[arg(
+        long,
+        env = "LOCKTOPUS_MAX_ABANDON_TIMEOUT",
+        default_value_t = 3_600_000
+    )]
+    pub max_abandon_timeout: u64,
+    /// Most abandoned locks (held by connections that ended) kept at once,
+    /// over all namespaces; past it, a lock whose connection ends is
+    /// released at once.
+    #[arg(long, env = "LOCKTOPUS_MAX_ABANDONED_LOCKS", default_value_t = 10_000)]
+    pub max_abandoned_locks: usize,
+    /// Most abandoned locks kept at once in one namespace (as above).
+    #[arg(
+        long,
+        env = "LOCKTOPUS_MAX_ABANDONED_LOCKS_PER_NAMESPACE",
+        default_value_t = 1_000
+    )]
+    pub max_abandoned_locks_per_namespace: usize,
     /// Log usage statistics every N > 0 seconds (0: never).
     #[arg(long, env = "LOCKTOPUS_STATS_INTERVAL", default_value_t = 0)]
     pub stats_interval: u64,

@@ -19,6 +19,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 
+/// The most namespace names `GET /` lists (the rest are counted).
+const STATUS_NAMES_MAX: usize = 100;
+
 /// The most bytes a session lets wait unsent for its peer (see the upgrade).
 const WRITE_BUFFER_MAX: usize = 64 * 1024;
 
@@ -105,10 +108,15 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     } else if shared.namespaces.is_empty() {
         body.push_str("\nNo opened namespaces\n");
     } else {
+        // Bounded: an unauthenticated page lists at most this many names.
+        let all = shared.namespaces.all();
         body.push_str("\nOpened namespaces:\n");
-        for (name, _) in shared.namespaces.all() {
-            body.push_str(&name);
+        for (name, _) in all.iter().take(STATUS_NAMES_MAX) {
+            body.push_str(name);
             body.push('\n');
+        }
+        if all.len() > STATUS_NAMES_MAX {
+            body.push_str(&format!("... and {} more\n", all.len() - STATUS_NAMES_MAX));
         }
     }
     text(StatusCode::OK, body)
@@ -131,6 +139,15 @@ async fn v1(
     let abandon = match params.get("abandon-timeout-ms") {
         None => shared.config.default_abandon(),
         Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms > shared.config.max_abandon_timeout => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "URL parameter 'abandon-timeout-ms' is above this server's maximum ({} ms)",
+                        shared.config.max_abandon_timeout
+                    ),
+                )
+            }
             Ok(ms) => Duration::from_millis(ms),
             Err(_) => {
                 return text(

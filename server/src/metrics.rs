@@ -61,6 +61,10 @@ pub struct Metrics {
     pub rejected_connections: AtomicU64,
     pub dead_peers: AtomicU64,
     pub abandoned_locks: AtomicU64,
+    /// Abandoned locks kept now, over all namespaces.
+    pub abandoned_now: AtomicU64,
+    /// Locks released at once because the abandoned-lock limits were full.
+    pub abandoned_refused: AtomicU64,
     protocol_errors: [AtomicU64; ErrorKind::ALL.len()],
     pub lock_wait: Histogram,
     pub lock_hold: Histogram,
@@ -149,6 +153,18 @@ impl Metrics {
             "shardlock_abandoned_locks_total",
             "Locks kept for the abandon timeout after their session ended.",
             self.abandoned_locks.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "shardlock_abandoned_locks",
+            "Abandoned locks kept now (bounded by --max-abandoned-locks).",
+            self.abandoned_now.load(Relaxed) as i64,
+        );
+        counter(
+            &mut out,
+            "shardlock_abandoned_locks_refused_total",
+            "Locks released when their session ended because the abandoned-lock limits were full.",
+            self.abandoned_refused.load(Relaxed),
         );
         let name = "shardlock_protocol_errors_total";
         let _ = writeln!(

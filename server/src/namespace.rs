@@ -30,6 +30,8 @@ pub struct Namespace {
     pub resources_pending: AtomicU64,
     pub resources_held: AtomicU64,
     pub segments_live: AtomicU64,
+    /// Locks kept for their abandon timeout after their connection ended.
+    pub abandoned: AtomicU64,
 }
 
 /// How many bytes of dropped namespaces' names are remembered exactly.

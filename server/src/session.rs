@@ -211,7 +211,13 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
         return;
     }
     debug_assert_eq!(session.state(), State::Acquired);
-    // Held while the connection ended: keep it for the abandon timeout.
+    // Held while the connection ended: keep it for the abandon timeout, if
+    // the abandoned-lock limits have room; else release it now.
+    if !keep_abandoned(&ns, &shared) {
+        shared.metrics.abandoned_refused.fetch_add(1, Relaxed);
+        release(&ns, &shared, None, Some(held));
+        return;
+    }
     shared.metrics.abandoned_locks.fetch_add(1, Relaxed);
     let keep = member.keep_for_lock();
     let mut stop = shared.shutdown.subscribe();
@@ -221,8 +227,33 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
             _ = stop.changed() => {}
         }
         release(keep.namespace(), &shared, None, Some(held));
+        keep.namespace().abandoned.fetch_sub(1, Relaxed);
+        shared.metrics.abandoned_now.fetch_sub(1, Relaxed);
         drop(keep);
     });
+}
+
+/// Counts one more abandoned lock in `ns` and overall, unless either count
+/// is at its limit (then counts nothing and says no).
+fn keep_abandoned(ns: &crate::namespace::Namespace, shared: &Shared) -> bool {
+    let below = |limit: usize| move |n: u64| (n < limit as u64).then_some(n + 1);
+    let total = &shared.metrics.abandoned_now;
+    if total
+        .fetch_update(Relaxed, Relaxed, below(shared.config.max_abandoned_locks))
+        .is_err()
+    {
+        return false;
+    }
+    let per_namespace = shared.config.max_abandoned_locks_per_namespace;
+    if ns
+        .abandoned
+        .fetch_update(Relaxed, Relaxed, below(per_namespace))
+        .is_err()
+    {
+        total.fetch_sub(1, Relaxed);
+        return false;
+    }
+    true
 }
 
 /// Where a request is, for the namespace's counters.

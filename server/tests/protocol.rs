@@ -827,7 +827,90 @@ async fn ids_never_repeat_in_a_namespace_that_was_dropped_and_made_again() {
         assert_eq!(stats["LastGroupID"], *first.last().unwrap(), "{stats}");
         assert_eq!(stats["GroupsAcquired"], 0, "{stats}");
     }
-    assert_eq!(first, [1, 2], "the second namespace counts on from the first");
+    assert_eq!(
+        first,
+        [1, 2],
+        "the second namespace counts on from the first"
+    );
     assert_eq!(server.get("/stats_v1?namespace=never").await.0, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_locks_are_bounded_in_time_and_number() {
+    let server = Server::start(&[
+        "--max-abandon-timeout",
+        "60000",
+        "--max-abandoned-locks",
+        "3",
+        "--max-abandoned-locks-per-namespace",
+        "2",
+        "--max-connections",
+        "2",
+    ])
+    .await;
+    match Client::connect(&server.url("namespace=a&abandon-timeout-ms=60001")).await {
+        Err(Error::WebSocket(e)) => assert!(e.to_string().contains("400"), "{e}"),
+        other => panic!("a timeout over the maximum: {:?}", other.map(|_| ())),
+    }
+    // One client at a time (at most 2 connections), each leaving a lock.
+    let abandon = async |ns: &str, path: &str| {
+        let mut c = server
+            .client(&format!("namespace={ns}&abandon-timeout-ms=60000"))
+            .await;
+        assert_eq!(
+            c.lock(&[(W, &[path])]).await.unwrap().state,
+            State::Acquired
+        );
+        c.abort();
+        server
+            .until("the session to end", async |s| {
+                let (_, m) = s.get("/metrics").await;
+                m.contains("\nshardlock_connections 0\n")
+            })
+            .await;
+    };
+    abandon("a", "1").await;
+    abandon("a", "2").await;
+    abandon("a", "3").await; // over the namespace's 2: released at once
+    abandon("b", "1").await;
+    abandon("c", "1").await; // over the 3 overall: released at once
+    let (_, metrics) = server.get("/metrics").await;
+    for line in [
+        "\nshardlock_abandoned_locks 3\n",
+        "\nshardlock_abandoned_locks_refused_total 2\n",
+        "\nshardlock_abandoned_locks_total 3\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?}: {metrics}");
+    }
+    let mut probe = server.client("namespace=a").await;
+    assert_eq!(
+        probe.lock(&[(W, &["3"])]).await.unwrap().state,
+        State::Acquired
+    );
+    probe.release().await.unwrap();
+    assert_eq!(
+        probe.lock(&[(W, &["2"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_a_bounded_number_of_namespaces() {
+    let server = Server::start(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..105 {
+        clients.push(server.client(&format!("namespace=n{i:03}")).await);
+    }
+    let (status, body) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.lines().filter(|l| l.starts_with('n')).count(),
+        100,
+        "{body}"
+    );
+    assert!(body.contains("... and 5 more"), "{body}");
+    drop(clients);
     server.stop().await;
 }
