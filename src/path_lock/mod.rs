@@ -43,7 +43,9 @@
 //!
 //! **Node lifetime.** A node stays in the table while it is held, waited on,
 //! or has children; idle childless nodes are unlinked by a *sweep* (run by
-//! a creation that finds 8192 nodes, or twice what the last sweep left),
+//! a request, before it resolves its nodes, that finds 8192 nodes, or twice
+//! what the last sweep left; never in the middle of a request's own
+//! resolution, which would unlink the nodes it just created),
 //! which holds the sweep guard's write lock: it marks a node `DEAD` with a
 //! CAS from 0 (nothing held, no flags), fences, sums the rows and either
 //! unlinks it or clears the mark. Unlinked nodes go to the table's epoch
@@ -181,8 +183,8 @@ use queue::{Queue, QueueGuard, Status, Waiter};
 
 /// Nodes (idle ones included) the tree may have before a sweep removes the
 /// idle ones. Deep nodes take ~200 bytes, so the idle cache stays under a
-/// few MiB. Under loom, 1: every node creation sweeps, so the models also
-/// explore sweeps racing acquires and releases.
+/// few MiB. Under loom, 1: every request sweeps first, so the models also
+/// explore sweeps racing other threads' acquires and releases.
 const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
 
 /// Nodes (besides the root) that may have one intention row per thread at
@@ -650,6 +652,7 @@ impl PathLock {
     /// list costs store-forwarding stalls.
     #[inline]
     fn fast_path(&self, plan: &Plan, held: &mut Held) -> bool {
+        self.sweep_if_due();
         let hold = thread_index::hold(); // see `thread_index`
         let me = hold.index();
         loop {
@@ -812,15 +815,22 @@ impl PathLock {
         }
     }
 
-    fn create_node(&self, key: &[u8]) {
-        // Sweep *before* inserting, so a sweep never removes the node its own
-        // creator is about to take; and after a sweep, wait until the tree
-        // doubles (or reaches the bound) before the next one, so sweeps stay
-        // amortised even when most nodes are held. Both counters are only a
-        // heuristic: a race costs an extra or a late sweep, nothing more.
+    /// Sweeps if the tree reached its bound. A request calls this before
+    /// it resolves its nodes, never in the middle: a sweep there would
+    /// unlink the idle nodes it had just created for itself, and a request
+    /// needing more new nodes than the bound would start over for ever.
+    /// After a sweep the tree must double (or reach the bound) before the
+    /// next one, so sweeps stay amortised even when most nodes are held.
+    /// Both counters are only a heuristic: a race costs an extra or a late
+    /// sweep, nothing more.
+    #[inline]
+    fn sweep_if_due(&self) {
         if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst) {
             self.sweep();
         }
+    }
+
+    fn create_node(&self, key: &[u8]) {
         // Under the read lock no sweep runs, so every node in the table is
         // linked and not dead, and parents gain children safely.
         let _no_sweep = self.sweep_guard.read();
