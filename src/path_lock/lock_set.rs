@@ -316,6 +316,7 @@ impl Plan {
         }
     }
 
+    #[cfg(test)]
     fn resources(&self) -> impl Iterator<Item = (Mode, &[u8])> + '_ {
         self.resources
             .iter()
@@ -324,6 +325,9 @@ impl Plan {
 
     /// Whether two requests conflict: a pair of resources where one path is
     /// a prefix of (or equal to) the other and one of them writes.
+    /// (The grant rule decides conflicts per node, through the queue's
+    /// index; this path-by-path form is the tests' reference.)
+    #[cfg(test)]
     pub(crate) fn conflicts(&self, other: &Plan) -> bool {
         self.resources().any(|(m1, p1)| {
             other.resources().any(|(m2, p2)| {

@@ -193,6 +193,20 @@ const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
 /// wide rows of one lock at about 2.1 MB there.
 const WIDE_NODES: usize = 256;
 
+/// Which waiters a grant pass looks at.
+enum Scope<'a> {
+    /// Every waiter.
+    All,
+    /// Only the waiter just queued: nothing else changed.
+    Only(u64),
+    /// The waiters after `after` that conflict with a request of `nodes`
+    /// that was just released or withdrawn (or whose transient counts a
+    /// failed fast path took and put back): only they can have been
+    /// waiting for it. One that waited behind a waiter it let through still
+    /// conflicts with that one, now held.
+    Near { nodes: &'a [Taken], after: u64 },
+}
+
 /// Why a lock request was not granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -528,7 +542,7 @@ impl PathLock {
         }
         // Any transient counts the attempt left are gone: let waiters that
         // saw them move.
-        self.grant_pass(&mut self.lock_queue());
+        self.grant_pass(&mut self.lock_queue(), Scope::All);
         Err(LockError::WouldBlock)
     }
 
@@ -670,13 +684,15 @@ impl PathLock {
                     self.root.row(me).count_granted();
                     return true;
                 }
-                Err((refusal, saw_waiters)) => {
+                Err((refusal, saw_waiters, taken)) => {
                     drop(pin);
-                    held.nodes.clear();
                     if saw_waiters {
-                        // Our transient counts may have turned a waiter away.
-                        self.grant_pass(&mut self.lock_queue());
+                        // Our transient counts (on the first `taken` nodes)
+                        // may have turned a waiter away.
+                        let nodes = &held.nodes[..taken];
+                        self.grant_pass(&mut self.lock_queue(), Scope::Near { nodes, after: 0 });
                     }
+                    held.nodes.clear();
                     refusal
                 }
             };
@@ -696,6 +712,7 @@ impl PathLock {
         // Before any state changes: a panicking `Waker::clone` leaves nothing.
         let waker = waker.cloned();
         let mut queue = self.lock_queue();
+        let seq = queue.next_seq();
         let nodes = loop {
             let pin = epoch::pin();
             let mut nodes = Nodes::default();
@@ -711,7 +728,7 @@ impl PathLock {
                 yield_now();
                 continue;
             }
-            for (taken, flags) in nodes.iter().zip(queue.count_in(&nodes)) {
+            for (taken, flags) in nodes.iter().zip(queue.count_in(&nodes, seq)) {
                 if flags != 0 {
                     // SAFETY: as above.
                     unsafe { taken.node().get() }.set_flags(flags);
@@ -726,17 +743,17 @@ impl PathLock {
         let hold = thread_index::hold(); // see `thread_index`
         let me = hold.index();
         let floor = self.root.row(me).row.last_id.load(SeqCst);
-        let seq = queue.next_seq();
         queue.waiters.insert(
             seq,
             Waiter {
-                plan,
                 nodes,
                 floor,
                 status: Status::Waiting { waker },
             },
         );
-        self.grant_pass(&mut queue);
+        // Only the new waiter can have become grantable: it comes after
+        // every other one, and nothing was released.
+        self.grant_pass(&mut queue, Scope::Only(seq));
         match self.take_granted(&mut queue, seq) {
             Some(held) => Attempt::Held(held),
             None => Attempt::Queued(seq, queue),
@@ -889,7 +906,8 @@ impl PathLock {
     /// Takes every mode of `nodes` (see the module docs): takes, one fence,
     /// checks. On success the largest stamp read, which the request's id
     /// must exceed. On failure everything is put back, and the refusal comes
-    /// with whether a node had waiters (then the caller runs a grant pass).
+    /// with whether a node had waiters (then the caller runs a grant pass) and
+    /// how many nodes had been taken (and were put back).
     ///
     /// The nodes must stay allocated throughout: the caller is pinned, or
     /// holds their waiting flags.
@@ -898,12 +916,12 @@ impl PathLock {
         nodes: &[Taken],
         me: usize,
         respect_waiters: bool,
-    ) -> Result<u64, (Refusal, bool)> {
+    ) -> Result<u64, (Refusal, bool, usize)> {
         for (done, taken) in nodes.iter().enumerate() {
             // SAFETY: per this function's contract.
             let node = unsafe { taken.node().get() };
             if let Err(refusal) = node.take(taken.mode(), me, respect_waiters) {
-                return Err((refusal, self.put_back_all(&nodes[..done], me, 0)));
+                return Err((refusal, self.put_back_all(&nodes[..done], me, 0), done));
             }
         }
         fence(SeqCst);
@@ -918,7 +936,7 @@ impl PathLock {
         }
         match refused {
             None => Ok(floor),
-            Some(refusal) => Err((refusal, self.put_back_all(nodes, me, 0))),
+            Some(refusal) => Err((refusal, self.put_back_all(nodes, me, 0), nodes.len())),
         }
     }
 
@@ -991,7 +1009,8 @@ impl PathLock {
             self.put_back_all(&held.nodes, me, held.id)
         };
         if waiters {
-            self.grant_pass(&mut self.lock_queue());
+            let nodes = &held.nodes;
+            self.grant_pass(&mut self.lock_queue(), Scope::Near { nodes, after: 0 });
         }
     }
 
@@ -1025,35 +1044,42 @@ impl PathLock {
         })
     }
 
-    /// Grants, in sequence order, every waiter that conflicts with no earlier
-    /// waiter and with nothing held; wakes them.
-    fn grant_pass(&self, queue: &mut Queue) {
+    /// Grants, in sequence order, every waiter in `scope` that conflicts
+    /// with no earlier waiter and with nothing held; wakes them. A waiter
+    /// outside the scope cannot have become grantable (see [`Scope`]).
+    /// Each check costs the waiter's node count (the queue indexes waiters
+    /// by node and mode), not a comparison with every earlier waiter.
+    fn grant_pass(&self, queue: &mut Queue, scope: Scope<'_>) {
+        let seqs: Vec<u64> = match scope {
+            Scope::All => queue.waiters.keys().copied().collect(),
+            Scope::Only(seq) => vec![seq],
+            Scope::Near { nodes, after } => queue
+                .conflicting_waiters(nodes, after)
+                .into_iter()
+                .collect(),
+        };
+        if seqs.is_empty() {
+            return;
+        }
         let hold = thread_index::hold(); // see `thread_index`
         let me = hold.index();
-        let seqs: Vec<u64> = queue.waiters.keys().copied().collect();
-        let mut blocked: Vec<u64> = Vec::new();
         let mut woke_blocking = false;
         for seq in seqs {
-            let waiter = &queue.waiters[&seq];
-            if !matches!(waiter.status, Status::Waiting { .. }) {
+            let Some(waiter) = queue.waiters.get(&seq) else {
+                continue;
+            };
+            if !matches!(waiter.status, Status::Waiting { .. })
+                || queue.earlier_conflict(&waiter.nodes, seq)
+            {
                 continue;
             }
-            let behind = blocked
-                .iter()
-                .any(|b| queue.waiters[b].plan.conflicts(&waiter.plan));
             // The waiter's flags keep its nodes linked and allocated.
-            let granted = if behind {
-                None
-            } else {
-                self.acquire_all(&waiter.nodes, me, false).ok()
-            };
-            let Some(floor) = granted else {
-                blocked.push(seq);
+            let Ok(floor) = self.acquire_all(&waiter.nodes, me, false) else {
                 continue;
             };
             let floor = floor.max(waiter.floor);
             let mut waiter = queue.waiters.remove(&seq).expect("present");
-            queue.count_out(&waiter.nodes);
+            queue.count_out(&waiter.nodes, seq);
             match std::mem::replace(&mut waiter.status, Status::Granted { floor }) {
                 Status::Waiting { waker: Some(waker) } => queue.to_wake.push(waker),
                 _ => woke_blocking = true,
@@ -1071,6 +1097,7 @@ impl PathLock {
         let Some(waiter) = queue.waiters.remove(&seq) else {
             return;
         };
+        let was_granted = matches!(waiter.status, Status::Granted { .. });
         match waiter.status {
             Status::Granted { floor } => {
                 // Granted but never picked up: no id was issued; its floor
@@ -1082,12 +1109,15 @@ impl PathLock {
                 self.put_back_all(&waiter.nodes, me, floor);
             }
             Status::Waiting { waker } => {
-                queue.count_out(&waiter.nodes);
+                queue.count_out(&waiter.nodes, seq);
                 // Dropped once the queue is unlocked (see `Queue::to_drop`).
                 queue.to_drop.extend(waker);
             }
         }
-        self.grant_pass(queue);
+        // A grant never picked up held; a waiter could only block later ones.
+        let after = if was_granted { 0 } else { seq };
+        let nodes = &waiter.nodes;
+        self.grant_pass(queue, Scope::Near { nodes, after });
     }
 }
 

@@ -143,7 +143,7 @@ impl NodeMode {
 
     /// The component modes it conflicts with (as IS/IX/S/X bits).
     #[inline]
-    fn conflicting(self) -> u8 {
+    pub(crate) fn conflicting(self) -> u8 {
         MODES[usize::from(self.0)].conflicting
     }
 

@@ -1,15 +1,17 @@
 //! The slow path's state, guarded by the lock's one mutex: waiting requests
-//! in id order, and how many of them wait in each mode on each node (whose
-//! 0 ↔ non-zero changes set and clear the nodes' waiting flags).
+//! in id order, and which of them wait in each mode on each node (whose
+//! empty ↔ non-empty changes set and clear the nodes' waiting flags). That
+//! index lets a grant pass look only at the waiters a change can affect,
+//! and decide "does an earlier waiter conflict?" per node, not per pair of
+//! requests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::{Deref, DerefMut};
 use std::task::Waker;
 use std::time::Duration;
 
 use crate::sync::{lock, Condvar, Mutex, MutexGuard};
 
-use super::lock_set::Plan;
 use super::node::NodeMode;
 use super::Nodes;
 
@@ -23,7 +25,6 @@ pub(crate) enum Status {
 }
 
 pub(crate) struct Waiter {
-    pub(crate) plan: Plan,
     pub(crate) nodes: Nodes,
     /// The requesting thread's last fencing id when it queued: the grant's
     /// id exceeds it.
@@ -36,10 +37,10 @@ pub(crate) struct Queue {
     /// By queue sequence number: the order of the grant rule.
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     next_seq: u64,
-    /// Per node (by address): waiters per component mode (IS, IX, S, X). A
-    /// node with waiters is in use, so it is not unlinked and its address
-    /// not reused.
-    counts: HashMap<usize, [u32; 4]>,
+    /// Per node (by address): the waiters (by sequence number) per
+    /// component mode (IS, IX, S, X). A node with waiters is in use, so it
+    /// is not unlinked and its address not reused.
+    waiting_at: HashMap<usize, [BTreeSet<u64>; 4]>,
     /// Wakers of waiters granted under the current lock; woken once it is
     /// released (see [`QueueGuard`]).
     pub(crate) to_wake: Vec<Waker>,
@@ -119,19 +120,19 @@ impl Queue {
         self.next_seq
     }
 
-    /// Counts `nodes` as waited on; returns, per node, the waiting flags that
-    /// just became set (to be set on the node).
-    pub(crate) fn count_in(&mut self, nodes: &Nodes) -> Vec<u64> {
+    /// Records waiter `seq` as waiting on `nodes`; returns, per node, the
+    /// waiting flags that just became set (to be set on the node).
+    pub(crate) fn count_in(&mut self, nodes: &Nodes, seq: u64) -> Vec<u64> {
         nodes
             .iter()
             .map(|taken| {
-                let counts = self.counts.entry(taken.node().addr()).or_default();
+                let sets = self.waiting_at.entry(taken.node().addr()).or_default();
                 taken
                     .mode()
                     .component_indices()
                     .filter(|&c| {
-                        counts[c] += 1;
-                        counts[c] == 1
+                        sets[c].insert(seq);
+                        sets[c].len() == 1
                     })
                     .map(NodeMode::flag_of)
                     .sum()
@@ -139,23 +140,23 @@ impl Queue {
             .collect()
     }
 
-    /// Counts a waiter's `nodes` out and clears the flags no other waiter
-    /// needs.
-    pub(crate) fn count_out(&mut self, nodes: &Nodes) {
+    /// Removes waiter `seq` from `nodes` and clears the flags no other
+    /// waiter needs.
+    pub(crate) fn count_out(&mut self, nodes: &Nodes, seq: u64) {
         for taken in nodes.iter() {
             let node = taken.node();
-            let counts = self.counts.get_mut(&node.addr()).expect("counted in");
+            let sets = self.waiting_at.get_mut(&node.addr()).expect("counted in");
             let cleared: u64 = taken
                 .mode()
                 .component_indices()
                 .filter(|&c| {
-                    counts[c] -= 1;
-                    counts[c] == 0
+                    sets[c].remove(&seq);
+                    sets[c].is_empty()
                 })
                 .map(NodeMode::flag_of)
                 .sum();
-            if counts.iter().all(|&n| n == 0) {
-                self.counts.remove(&node.addr());
+            if sets.iter().all(BTreeSet::is_empty) {
+                self.waiting_at.remove(&node.addr());
             }
             if cleared != 0 {
                 // SAFETY: the node carries this waiter's flags until this very
@@ -163,6 +164,39 @@ impl Queue {
                 unsafe { node.get() }.clear_flags(cleared);
             }
         }
+    }
+
+    /// The waiters on `node` in a component that `mode` conflicts with.
+    fn conflicting_at(&self, taken: &super::Taken) -> impl Iterator<Item = &BTreeSet<u64>> {
+        let against = taken.mode().conflicting();
+        self.waiting_at
+            .get(&taken.node().addr())
+            .into_iter()
+            .flat_map(move |sets| {
+                (0..4)
+                    .filter(move |c| against & (1 << c) != 0)
+                    .map(move |c| &sets[c])
+            })
+    }
+
+    /// Whether a waiter before `seq` conflicts with a request of `nodes`.
+    pub(crate) fn earlier_conflict(&self, nodes: &Nodes, seq: u64) -> bool {
+        nodes.iter().any(|taken| {
+            self.conflicting_at(taken)
+                .any(|set| set.range(..seq).next().is_some())
+        })
+    }
+
+    /// The waiters after `after` that conflict with a request of `nodes`:
+    /// the only ones its release or withdrawal can let through.
+    pub(crate) fn conflicting_waiters(&self, nodes: &[super::Taken], after: u64) -> BTreeSet<u64> {
+        let mut found = BTreeSet::new();
+        for taken in nodes {
+            for set in self.conflicting_at(taken) {
+                found.extend(set.range(after + 1..));
+            }
+        }
+        found
     }
 
     pub(crate) fn waiting(&self) -> usize {

@@ -304,3 +304,55 @@ fn new_paths_still_lock_while_more_nodes_are_held_than_the_idle_bound() {
     drop(held);
     assert_eq!(lock.stats(), PathLockStats::default());
 }
+
+/// The grant pass decides "does an earlier waiter conflict?" from the
+/// queue's per-node index of waiting modes; it must agree with the path
+/// rule (a prefix pair with a write) on every pair of sets.
+#[test]
+#[cfg_attr(miri, ignore = "thousands of sets: slow under miri")]
+fn the_queue_index_decides_conflicts_as_the_path_rule_does() {
+    use super::queue::Queue;
+    use super::{epoch, Nodes};
+    let lock = PathLock::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut random_set = || {
+        let mut set = LockSet::new();
+        for _ in 0..1 + next(3) {
+            let depth = next(3) as usize;
+            let path: Vec<&str> = (0..depth).map(|_| ["a", "b"][next(2) as usize]).collect();
+            set = if next(2) == 0 {
+                set.read(path)
+            } else {
+                set.write(path)
+            };
+        }
+        set
+    };
+    let (mut conflicting, mut checked) = (0, 0);
+    for _ in 0..3000 {
+        let (a, b) = (random_set(), random_set());
+        let pin = epoch::pin();
+        let (mut na, mut nb) = (Nodes::default(), Nodes::default());
+        lock.resolve(a.plan(), &pin, &mut na);
+        lock.resolve(b.plan(), &pin, &mut nb);
+        let mut queue = Queue::default();
+        queue.count_in(&na, 1);
+        let want = a.plan().conflicts(b.plan());
+        assert_eq!(queue.earlier_conflict(&nb, 2), want, "{a:?} then {b:?}");
+        assert!(
+            !queue.earlier_conflict(&nb, 1),
+            "only earlier waiters count"
+        );
+        assert_eq!(queue.conflicting_waiters(&nb, 0).contains(&1), want);
+        queue.count_out(&na, 1);
+        conflicting += usize::from(want);
+        checked += 1;
+    }
+    assert!(conflicting > checked / 10 && conflicting < checked * 9 / 10);
+}
