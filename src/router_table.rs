@@ -313,6 +313,91 @@ impl<K, V, S> RouterTable<K, V, S> {
     }
 }
 
+/// Calls for callers inside the crate that hash keys themselves and match
+/// entries by a predicate over key and value (PathLock's nodes, whose path
+/// only the node's chain of parents spells). `hash` must be the same for
+/// every call about one entry; the table's own hasher is not used.
+impl<K, V, S> RouterTable<K, V, S> {
+    /// The value of the entry `eq` accepts on `hash`'s probe, valid while
+    /// `guard` pins this thread. `eq` runs no user code of this table.
+    #[inline]
+    pub(crate) fn find_hashed<'g>(
+        &'g self,
+        hash: u64,
+        guard: &'g epoch::Guard,
+        mut eq: impl FnMut(&K, &V) -> bool,
+    ) -> Option<&'g V> {
+        let node = self.lines.search(guard, hash, |node, _| {
+            // SAFETY: pinned by `guard` for `'g`.
+            let node: &'g Node<K, V> = unsafe { node.node() };
+            eq(&node.key, &node.value).then_some(node)
+        })?;
+        Some(&node.value)
+    }
+
+    /// A clone of the value of the entry `eq` accepts on `hash`'s probe,
+    /// inserting `make()` first if there is none.
+    pub(crate) fn get_or_insert_hashed(
+        &self,
+        hash: u64,
+        mut eq: impl FnMut(&K, &V) -> bool,
+        make: impl FnOnce() -> (K, V),
+    ) -> V
+    where
+        V: Clone,
+    {
+        let found = self.with_read(|guard| self.find_hashed(hash, guard, &mut eq).cloned());
+        if let Some(value) = found {
+            return value;
+        }
+        self.with_write(self.lines.shard_of(hash), |shard| {
+            if let Some(spot) = find_by(shard, hash, &mut eq) {
+                return node_at(shard, spot).value.clone();
+            }
+            let (key, value) = make();
+            let copy = value.clone();
+            shard.insert_new(hash, &NodeRef::new(hash, key, value), &(), rehome);
+            copy
+        })
+    }
+
+    /// Removes the entry `eq` accepts on `hash`'s probe if `approve` agrees
+    /// (under the shard's lock), returning a clone of its value.
+    pub(crate) fn remove_hashed_if(
+        &self,
+        hash: u64,
+        eq: impl FnMut(&K, &V) -> bool,
+        approve: impl FnOnce(&V) -> bool,
+    ) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.with_write(self.lines.shard_of(hash), |shard| {
+            let spot = find_by(shard, hash, eq)?;
+            let node = node_at(shard, spot);
+            if !approve(&node.value) {
+                return None;
+            }
+            let value = node.value.clone();
+            shard.remove(spot, rehome);
+            Some(value)
+        })
+    }
+}
+
+/// Where the entry `eq` accepts lies in a locked shard.
+fn find_by<K, V>(
+    shard: &Shard<'_, K, V>,
+    hash: u64,
+    mut eq: impl FnMut(&K, &V) -> bool,
+) -> Option<Spot> {
+    shard.lookup(hash, |node| {
+        // SAFETY: we hold the shard's lock, so none of its nodes is freed.
+        let node = unsafe { node.node() };
+        eq(&node.key, &node.value)
+    })
+}
+
 /// The node of `key` among a probe's entries, if `node` is it.
 ///
 /// # Safety
@@ -334,8 +419,7 @@ fn find<K: Borrow<Q>, V, Q: Eq + ?Sized>(
     hash: u64,
     key: &Q,
 ) -> Option<Spot> {
-    // SAFETY: we hold the shard's lock, so none of its nodes is freed.
-    shard.lookup(hash, |node| unsafe { matching(node, key) }.is_some())
+    find_by(shard, hash, |k, _| k.borrow() == key)
 }
 
 /// The node at `spot` of a locked shard.
@@ -456,23 +540,6 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.find_with(key, |_| ()).is_some()
-    }
-
-    /// The value at `key`, valid while `guard` pins this thread. For callers
-    /// inside the crate whose keys run no user code (`Hash` and `Eq` of byte
-    /// strings), so no reentrancy scope is needed.
-    #[inline]
-    pub(crate) fn get_pinned<'g, Q>(&'g self, key: &Q, guard: &'g epoch::Guard) -> Option<&'g V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let hash = self.hash(key);
-        // SAFETY: pinned by `guard` for `'g`.
-        let node = self
-            .lines
-            .search(guard, hash, |node, _| unsafe { matching(node, key) })?;
-        Some(&node.value)
     }
 
     /// Calls `f` on the value at `key`, pinned.

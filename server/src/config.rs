@@ -63,13 +63,13 @@ pub struct Config {
     /// Most abandoned locks (held by connections that ended) kept at once,
     /// over all namespaces; past it, a lock whose connection ends is
     /// released at once.
-    #[arg(long, env = "LOCKTOPUS_MAX_ABANDONED_LOCKS", default_value_t = 10_000)]
+    #[arg(long, env = "LOCKTOPUS_MAX_ABANDONED_LOCKS", default_value_t = 1_000)]
     pub max_abandoned_locks: usize,
     /// Most abandoned locks kept at once in one namespace (as above).
     #[arg(
         long,
         env = "LOCKTOPUS_MAX_ABANDONED_LOCKS_PER_NAMESPACE",
-        default_value_t = 1_000
+        default_value_t = 100
     )]
     pub max_abandoned_locks_per_namespace: usize,
     /// Log usage statistics every N > 0 seconds (0: never).

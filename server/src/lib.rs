@@ -38,9 +38,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Self> {
+        let idle_cache = 4 * config.max_message_bytes;
         Arc::new(Shared {
             config,
-            namespaces: Arc::default(),
+            // Idle nodes per namespace: a small multiple of one message.
+            namespaces: Arc::new(namespace::Registry::new(idle_cache)),
             metrics: metrics::Metrics::default(),
             shutdown: Watch::new(false),
             http_open: std::sync::atomic::AtomicUsize::new(0),

@@ -91,11 +91,12 @@ impl Metrics {
     pub fn render(&self, namespaces: &Registry) -> String {
         let mut out = String::new();
         let all = namespaces.all();
-        let (mut held, mut waiting) = (0, 0);
+        let (mut held, mut waiting, mut tree_bytes) = (0, 0, 0);
         for (_, ns) in &all {
             let stats = ns.lock.stats();
             held += stats.held;
             waiting += stats.waiting;
+            tree_bytes += stats.node_bytes;
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -129,6 +130,12 @@ impl Metrics {
             "shardlock_locks_waiting",
             "Lock requests waiting in line.",
             waiting as i64,
+        );
+        gauge(
+            &mut out,
+            "shardlock_lock_tree_bytes",
+            "About the bytes of every namespace's lock tree nodes, idle cached ones included.",
+            tree_bytes as i64,
         );
         counter(
             &mut out,

@@ -40,9 +40,11 @@ pub const REMEMBERED_BYTES: usize = 4 << 20;
 const HIGH_WATER_SLOTS: usize = 4096;
 
 impl Namespace {
-    /// A namespace whose first lock id is `last_id + 1`.
-    fn counting_from(last_id: u64) -> Namespace {
+    /// A namespace whose first lock id is `last_id + 1` and whose tree
+    /// keeps at most about `idle_cache` bytes of idle nodes.
+    fn new(last_id: u64, idle_cache: usize) -> Namespace {
         Namespace {
+            lock: Arc::new(PathLock::with_idle_cache(idle_cache)),
             last_id: AtomicU64::new(last_id),
             ..Namespace::default()
         }
@@ -109,11 +111,21 @@ struct Entry {
 }
 
 /// Every live namespace, and the last ids of dropped ones.
-#[derive(Default)]
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
     dropped: Mutex<Dropped>,
+    /// What each namespace's tree may keep in idle nodes.
+    idle_cache: usize,
 }
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(IDLE_CACHE_DEFAULT)
+    }
+}
+
+/// `PathLock`'s own default idle cache.
+const IDLE_CACHE_DEFAULT: usize = 4 << 20;
 
 /// The last ids of dropped namespaces (see the module docs).
 struct Dropped {
@@ -201,6 +213,16 @@ impl Dropped {
 pub struct NamespaceFull;
 
 impl Registry {
+    /// No namespaces yet; each tree will keep at most about `idle_cache`
+    /// bytes of idle nodes.
+    pub fn new(idle_cache: usize) -> Self {
+        Registry {
+            entries: Mutex::default(),
+            dropped: Mutex::default(),
+            idle_cache,
+        }
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -229,7 +251,7 @@ impl Registry {
             let last_id = dropped.last_id(name);
             dropped.revive(name);
             Entry {
-                namespace: Arc::new(Namespace::counting_from(last_id)),
+                namespace: Arc::new(Namespace::new(last_id, self.idle_cache)),
                 sessions: 0,
                 refs: 0,
             }

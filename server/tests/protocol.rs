@@ -914,3 +914,52 @@ async fn the_status_page_lists_a_bounded_number_of_namespaces() {
     drop(clients);
     server.stop().await;
 }
+
+/// The worst a connection can make the server keep in lock-tree nodes: one
+/// lock of the most resources, each as deep as allowed, in one message of
+/// the largest size. Read from the server's own accounting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_largest_lock_costs_a_bounded_multiple_of_its_message() {
+    let server = Server::start(&[]).await;
+    let (resources, depth, max_message) = (64, 32, 64 * 1024);
+    // Segments as long as the message allows, all resources disjoint.
+    let per_segment = max_message / (resources * depth) - 6;
+    let resource = |r: usize| {
+        let path: Vec<String> = (0..depth)
+            .map(|d| format!("\"{:0>width$}\"", format!("{r}-{d}"), width = per_segment))
+            .collect();
+        format!(r#"{{"type":"write","path":[{}]}}"#, path.join(","))
+    };
+    let all: Vec<String> = (0..resources).map(resource).collect();
+    let message = format!(r#"{{"action":"lock","resources":[{}]}}"#, all.join(","));
+    assert!(message.len() <= max_message, "{}", message.len());
+    let tree_bytes = async |server: &Server| {
+        let (_, metrics) = server.get("/metrics").await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("shardlock_lock_tree_bytes "))
+            .expect("the gauge");
+        line.split(' ').nth(1).unwrap().parse::<usize>().unwrap()
+    };
+    let mut a = server.client("namespace=big").await;
+    a.send_raw(&message).await.unwrap();
+    assert!(matches!(a.recv_raw().await.unwrap(), Frame::Text(t) if t.contains("acquired")));
+    let held = tree_bytes(&server).await;
+    println!(
+        "one largest lock: {held} bytes of nodes for a {} byte message ({:.1}×)",
+        message.len(),
+        held as f64 / message.len() as f64
+    );
+    assert!(
+        held <= 24 * max_message,
+        "{held} bytes held for one message"
+    );
+    // Released, the nodes stay only as the idle cache (4 messages' worth),
+    // which the next request sweeps down to.
+    a.release().await.unwrap();
+    a.lock(&[(W, &["x"])]).await.unwrap();
+    let idle = tree_bytes(&server).await;
+    println!("after release and one more lock: {idle} bytes");
+    assert!(idle <= 4 * max_message + 4096, "{idle} bytes cached");
+    server.stop().await;
+}

@@ -340,6 +340,17 @@ impl Plan {
 
 /// The end of each segment of a key, in order: the keys of its prefixes.
 pub(crate) fn segment_ends(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    segments(key).map(|(_, end)| end)
+}
+
+/// The bytes of each segment of a key, in order.
+pub(crate) fn segment_bytes(key: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    segments(key).map(|(start, end)| &key[start..end])
+}
+
+/// Where each segment's bytes start and end in a key (each is written as
+/// its length, a base-128 varint, then its bytes).
+fn segments(key: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         if at == key.len() {
@@ -355,8 +366,9 @@ pub(crate) fn segment_ends(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
                 break;
             }
         }
+        let start = at;
         at += len;
-        Some(at)
+        Some((start, at))
     })
 }
 
@@ -367,12 +379,30 @@ fn depth(key: &[u8]) -> usize {
 }
 
 #[inline(always)]
-fn push_length(out: &mut InlineVec<u8, 64>, mut n: usize) {
+fn push_length(out: &mut InlineVec<u8, 64>, n: usize) {
+    write_length(n, |byte| out.push(byte));
+}
+
+/// A segment's length as a key writes it: base-128, low groups first, the
+/// top bit set on every byte but the last. Returns the bytes and how many.
+#[inline]
+pub(crate) fn encode_length(n: usize) -> ([u8; 10], usize) {
+    let (mut bytes, mut len) = ([0u8; 10], 0);
+    write_length(n, |byte| {
+        bytes[len] = byte;
+        len += 1;
+    });
+    (bytes, len)
+}
+
+/// Writes `n` as [`encode_length`] describes, a byte at a time.
+#[inline(always)]
+fn write_length(mut n: usize, mut push: impl FnMut(u8)) {
     while n >= 0x80 {
-        out.push(n as u8 | 0x80);
+        push(n as u8 | 0x80);
         n >>= 7;
     }
-    out.push(n as u8);
+    push(n as u8);
 }
 
 #[cfg(all(test, not(loom)))]

@@ -177,7 +177,7 @@ use crate::thread_index;
 use crate::{RouterTable, ShardedRwLock};
 use future::LockFuture;
 use inline_vec::InlineVec;
-use lock_set::{segment_ends, Plan, INLINE_NODES};
+use lock_set::{segment_bytes, segment_ends, Plan, INLINE_NODES};
 use node::{Node, NodeMode, Refusal, MAX_SHARED_HOLDERS};
 use queue::{Queue, QueueGuard, Status, Waiter};
 
@@ -187,11 +187,21 @@ use queue::{Queue, QueueGuard, Status, Waiter};
 /// explore sweeps racing other threads' acquires and releases.
 const IDLE_NODES: usize = if cfg!(loom) { 1 } else { 8192 };
 
+/// What idle nodes may take, about (see [`Node::footprint`]), before a
+/// sweep, unless set with [`PathLock::with_idle_cache`]: 4 MiB.
+const IDLE_BYTES: usize = if cfg!(loom) { 1 } else { 4 << 20 };
+
 /// Nodes (besides the root) that may have one intention row per thread at
 /// once; further shallow nodes get one shared row. A wide node's rows take
 /// `(rows + 1) × 128` bytes, 8,320 on a 64-core host, so this bounds the
 /// wide rows of one lock at about 2.1 MB there.
 const WIDE_NODES: usize = 256;
+
+/// Whether `node` is the node of path key `key`, filed under `hash`.
+#[inline]
+fn is_node_of(node: &Node, hash: u64, key: &[u8]) -> bool {
+    node.hash() == hash && node.is_path(key)
+}
 
 /// Which waiters a grant pass looks at.
 enum Scope<'a> {
@@ -250,6 +260,9 @@ pub struct PathLockStats {
     /// Tree nodes held or waited on (the root and idle cached nodes are not
     /// counted).
     pub nodes: usize,
+    /// About the bytes of every tree node but the root, idle cached ones
+    /// included (those are bounded by [`PathLock::with_idle_cache`]).
+    pub node_bytes: usize,
 }
 
 /// A pointer to a node: the root, one its owner holds or waits on (then the
@@ -392,7 +405,10 @@ pub(crate) enum Attempt<'q> {
 /// ```
 pub struct PathLock {
     root: Arc<Node>,
-    nodes: RouterTable<Box<[u8]>, Arc<Node>>,
+    /// Every node but the root, filed under the hash of its path's key and
+    /// found by comparing that path with its chain of segments (no key is
+    /// stored: see [`Node::is_path`]).
+    nodes: RouterTable<(), Arc<Node>>,
     /// Read by creations and by waiters setting flags, written by sweeps, so
     /// a sweep sees exact child counts and never unlinks a node being
     /// flagged. The fast path and releases never touch it.
@@ -402,10 +418,15 @@ pub struct PathLock {
     granted: Condvar,
     /// Bits of a fencing id that hold its tag (see "Fencing ids").
     tag_bits: u32,
-    /// Nodes in `nodes` (live and idle); changes only on creation and sweep.
+    /// Nodes in `nodes` (live and idle), and about their bytes
+    /// ([`Node::footprint`]); change only on creation and sweep.
     node_count: AtomicUsize,
-    /// The node count at which the next creation sweeps first.
+    node_bytes: AtomicUsize,
+    /// The node count and bytes at which the next request sweeps first.
     sweep_at: AtomicUsize,
+    sweep_at_bytes: AtomicUsize,
+    /// The least `sweep_at_bytes`: what idle nodes may take.
+    idle_bytes: usize,
     /// Wide nodes in `nodes` (see [`WIDE_NODES`]).
     wide_nodes: AtomicUsize,
 }
@@ -427,7 +448,7 @@ impl fmt::Debug for PathLock {
 impl PathLock {
     /// An empty lock tree.
     pub fn new() -> Self {
-        let root = Arc::new(Node::new(true, None));
+        let root = Arc::new(Node::new(true, None, &[], &[], 0));
         // Tags 0 (the queue) ..= the root's row count (the overflow row).
         let tag_bits = (root.row_count() + 1).next_power_of_two().trailing_zeros();
         PathLock {
@@ -443,9 +464,25 @@ impl PathLock {
             granted: Condvar::new(),
             tag_bits,
             node_count: AtomicUsize::new(0),
+            node_bytes: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(IDLE_NODES),
+            sweep_at_bytes: AtomicUsize::new(IDLE_BYTES),
+            idle_bytes: IDLE_BYTES,
             wide_nodes: AtomicUsize::new(0),
         }
+    }
+
+    /// An empty lock tree whose cache of idle nodes (released paths kept
+    /// for reuse) takes about `bytes` at most before a sweep empties it
+    /// (default 4 MiB; it also holds at most 8,192 nodes). A node takes
+    /// about 400 bytes plus its segment; a smaller cache costs more node
+    /// creations when paths come back. A server with one tree per client
+    /// namespace bounds its memory with this.
+    pub fn with_idle_cache(bytes: usize) -> Self {
+        let mut lock = Self::new();
+        lock.idle_bytes = bytes;
+        lock.sweep_at_bytes.store(bytes, SeqCst);
+        lock
     }
 
     /// Locks `path` for reading, blocking until granted.
@@ -604,6 +641,7 @@ impl PathLock {
             held: self.root.held_now() as usize,
             waiting,
             nodes,
+            node_bytes: self.node_bytes.load(SeqCst),
         }
     }
 
@@ -824,8 +862,12 @@ impl PathLock {
         if key.is_empty() {
             return NodePtr::new(&self.root);
         }
+        let hash = self.hash_of(key);
         loop {
-            if let Some(node) = self.nodes.get_pinned(key, pin) {
+            let found = self
+                .nodes
+                .find_hashed(hash, pin, |(), node| is_node_of(node, hash, key));
+            if let Some(node) = found {
                 return NodePtr::new(node);
             }
             self.create_node(key);
@@ -842,7 +884,9 @@ impl PathLock {
     /// sweep, nothing more.
     #[inline]
     fn sweep_if_due(&self) {
-        if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst) {
+        if self.node_count.load(SeqCst) >= self.sweep_at.load(SeqCst)
+            || self.node_bytes.load(SeqCst) >= self.sweep_at_bytes.load(SeqCst)
+        {
             self.sweep();
         }
     }
@@ -853,16 +897,28 @@ impl PathLock {
         let _no_sweep = self.sweep_guard.read();
         let mut parent = self.root.clone();
         for (depth, end) in segment_ends(key).enumerate() {
-            parent = self.nodes.get_or_insert_with(key[..end].into(), || {
-                self.node_count.fetch_add(1, SeqCst);
+            let prefix = &key[..end];
+            let hash = self.hash_of(prefix);
+            let is_prefix = |_: &(), node: &Arc<Node>| is_node_of(node, hash, prefix);
+            parent = self.nodes.get_or_insert_hashed(hash, is_prefix, || {
                 let shallow = depth < node::DISTRIBUTED_DEPTH;
                 let wide = shallow && self.wide_nodes.fetch_add(1, SeqCst) < WIDE_NODES;
                 if shallow && !wide {
                     self.wide_nodes.fetch_sub(1, SeqCst); // over budget: narrow
                 }
-                Arc::new(Node::new(wide, Some(parent.clone())))
+                let segment = segment_bytes(prefix).last().expect("a segment ends here");
+                let node = Node::new(wide, Some(parent.clone()), prefix, segment, hash);
+                self.node_count.fetch_add(1, SeqCst);
+                self.node_bytes.fetch_add(node.footprint(), SeqCst);
+                ((), Arc::new(node))
             });
         }
+    }
+
+    /// The hash a node of path key `key` is filed under.
+    #[inline]
+    fn hash_of(&self, key: &[u8]) -> u64 {
+        self.nodes.hasher().hash_one(key)
     }
 
     /// Runs `f` on the node at `key`, created if absent.
@@ -879,17 +935,23 @@ impl PathLock {
     fn sweep(&self) {
         let _sweeping = self.sweep_guard.write();
         loop {
-            let mut idle: Vec<Box<[u8]>> = Vec::new();
-            self.nodes.for_each(|key, node| {
+            let mut idle: Vec<Arc<Node>> = Vec::new();
+            self.nodes.for_each(|(), node| {
                 if node.is_idle() && !node.has_children() {
-                    idle.push(key.clone());
+                    idle.push(node.clone());
                 }
             });
             let mut unlinked = 0;
-            for key in &idle {
-                if let Some(node) = self.nodes.remove_if(&key[..], |node| node.try_kill()) {
+            for target in &idle {
+                let removed = self.nodes.remove_hashed_if(
+                    target.hash(),
+                    |(), node| Arc::ptr_eq(node, target),
+                    |node| node.try_kill(),
+                );
+                if let Some(node) = removed {
                     unlinked += 1;
                     self.node_count.fetch_sub(1, SeqCst);
+                    self.node_bytes.fetch_sub(node.footprint(), SeqCst);
                     if node.is_wide() {
                         self.wide_nodes.fetch_sub(1, SeqCst);
                     }
@@ -899,8 +961,10 @@ impl PathLock {
                 break;
             }
         }
-        let left = self.node_count.load(SeqCst);
+        let (left, left_bytes) = (self.node_count.load(SeqCst), self.node_bytes.load(SeqCst));
         self.sweep_at.store(IDLE_NODES.max(2 * left), SeqCst);
+        self.sweep_at_bytes
+            .store(self.idle_bytes.max(2 * left_bytes), SeqCst);
     }
 
     /// Takes every mode of `nodes` (see the module docs): takes, one fence,

@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use super::lock_set::encode_length;
+
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{
@@ -253,6 +255,24 @@ pub(crate) enum Refusal {
     Dead,
 }
 
+/// Nodes this deep or shallower keep their whole path key (at most this
+/// many segments); deeper ones only their own segment.
+pub(crate) const FULL_KEY_DEPTH: usize = 4;
+
+/// `rest` without the length `len` it must end with (as a key writes it).
+#[inline(always)]
+fn strip_length(rest: &[u8], len: usize) -> Option<&[u8]> {
+    if len < 0x80 {
+        // One byte: the common case.
+        return match rest.split_last() {
+            Some((&byte, rest)) if usize::from(byte) == len => Some(rest),
+            _ => None,
+        };
+    }
+    let (bytes, n) = encode_length(len);
+    rest.strip_suffix(&bytes[..n])
+}
+
 /// A lock-tree node.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -269,6 +289,15 @@ pub(crate) struct Node {
     /// (creations read-locked, sweeps write-locked), so it is exact in a
     /// sweep.
     children: AtomicUsize,
+    /// Its depth (the root's is 0).
+    depth: u32,
+    /// Its whole path key if it is at most [`FULL_KEY_DEPTH`] deep, else
+    /// its own segment only (with the ancestors', its path): so a path of
+    /// depth d takes O(its length) bytes, not O(d²), and a lookup of a
+    /// shallow path is one comparison.
+    bytes: Box<[u8]>,
+    /// The hash of its path's key, under which the tree's table files it.
+    hash: u64,
 }
 
 impl Drop for Node {
@@ -300,7 +329,15 @@ pub(crate) const DISTRIBUTED_DEPTH: usize = 2;
 
 impl Node {
     /// A node with one intention row per thread (`wide`) or a single one.
-    pub(crate) fn new(wide: bool, parent: Option<Arc<Node>>) -> Self {
+    /// `key` is its path's key, `segment` the last segment's bytes.
+    pub(crate) fn new(
+        wide: bool,
+        parent: Option<Arc<Node>>,
+        key: &[u8],
+        segment: &[u8],
+        hash: u64,
+    ) -> Self {
+        let depth = parent.as_ref().map_or(0, |p| p.depth + 1);
         let rows = if wide {
             crate::raw_rwlock::default_rows() + 1
         } else {
@@ -315,7 +352,57 @@ impl Node {
             own: rows - 1,
             parent,
             children: AtomicUsize::new(0),
+            depth,
+            bytes: if depth as usize <= FULL_KEY_DEPTH {
+                key.into()
+            } else {
+                segment.into()
+            },
+            hash,
         }
+    }
+
+    /// The hash its path's key was filed under.
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Whether its path is the one path key `key` spells. A shallow node
+    /// compares its whole key; a deep one checks from the end, with no
+    /// parsing: a key is its parent's key, then the segment's length (see
+    /// [`encode_length`]), then the segment, so `key` is this node's iff it
+    /// ends with that length and segment and the rest is the parent's key.
+    #[inline]
+    pub(crate) fn is_path(&self, key: &[u8]) -> bool {
+        let (mut node, mut key) = (self, key);
+        loop {
+            if node.depth as usize <= FULL_KEY_DEPTH {
+                return *node.bytes == *key;
+            }
+            let segment = &*node.bytes;
+            let Some(split) = key.len().checked_sub(segment.len()) else {
+                return false;
+            };
+            let (rest, tail) = key.split_at(split);
+            if tail != segment {
+                return false;
+            }
+            let Some(rest) = strip_length(rest, segment.len()) else {
+                return false;
+            };
+            let parent = node.parent.as_ref().expect("a deep node has a parent");
+            (node, key) = (parent, rest);
+        }
+    }
+
+    /// About what it takes in memory, with its table entry (for the cache
+    /// bound).
+    pub(crate) fn footprint(&self) -> usize {
+        std::mem::size_of::<Node>()
+            + self.rows.len() * std::mem::size_of::<CachePadded<Row>>()
+            + self.bytes.len()
+            + 64
     }
 
     /// Whether it has a row per thread.
@@ -625,14 +712,14 @@ mod tests {
         ];
         for (r, want) in modes.iter().zip(ok) {
             for (h, want) in modes.iter().zip(want) {
-                let node = Node::new(true, None);
+                let node = Node::new(true, None, &[], &[], 0);
                 assert!(acquire(&node, *h, true));
                 assert_eq!(acquire(&node, *r, true), want, "{r:?} vs held {h:?}");
                 // Waiting flags block the same way, on the fast path only.
-                let node = Node::new(true, None);
+                let node = Node::new(true, None, &[], &[], 0);
                 node.set_flags(h.wait_flags());
                 assert_eq!(acquire(&node, *r, true), want, "{r:?} vs waiting {h:?}");
-                let node = Node::new(false, None);
+                let node = Node::new(false, None, &[], &[], 0);
                 node.set_flags(h.wait_flags());
                 assert!(acquire(&node, *r, false), "grants ignore waiting flags");
             }
@@ -641,7 +728,7 @@ mod tests {
 
     #[test]
     fn failed_acquires_and_releases_restore_idle() {
-        let node = Node::new(true, None);
+        let node = Node::new(true, None, &[], &[], 0);
         assert!(acquire(&node, NodeMode(S | IX), true));
         assert!(!acquire(&node, NodeMode(IX), true));
         assert!(!acquire(&node, NodeMode(S), true));
@@ -656,7 +743,7 @@ mod tests {
 
     #[test]
     fn releases_publish_the_stamp_conflicting_modes_read() {
-        let node = Node::new(true, None);
+        let node = Node::new(true, None, &[], &[], 0);
         assert!(acquire(&node, NodeMode(IS), true));
         release(&node, NodeMode(IS)); // stamp 7, in this thread's row
         assert_eq!(
@@ -672,7 +759,7 @@ mod tests {
 
     #[test]
     fn a_hold_released_on_another_thread_balances() {
-        let node = Arc::new(Node::new(true, None));
+        let node = Arc::new(Node::new(true, None, &[], &[], 0));
         assert!(acquire(&node, NodeMode(IS), true));
         let other = node.clone();
         std::thread::spawn(move || release(&other, NodeMode(IS)))
@@ -684,8 +771,8 @@ mod tests {
 
     #[test]
     fn kills_refuse_nodes_in_use_and_parents_of_live_children() {
-        let parent = Arc::new(Node::new(true, None));
-        let child = Node::new(false, Some(parent.clone()));
+        let parent = Arc::new(Node::new(true, None, &[], &[], 0));
+        let child = Node::new(false, Some(parent.clone()), b"\x01c", b"c", 1);
         assert!(!parent.try_kill(), "has a child");
         assert!(acquire(&child, NodeMode(IS), true));
         assert!(!child.try_kill(), "held");

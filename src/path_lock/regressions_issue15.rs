@@ -172,3 +172,61 @@ fn a_set_needing_more_new_nodes_than_the_idle_cache_completes() {
         .expect("the lock completed (it spun for ever before the fix)");
     assert!(held >= 9_600, "{held} nodes held");
 }
+
+/// (Issue 17, item 2.) Every node stored its whole path as its key, so a
+/// path of depth d took O(d²) bytes; now a node keeps its own segment.
+#[test]
+#[cfg_attr(miri, ignore = "a 2,000-deep path: slow under miri")]
+fn a_deep_path_takes_bytes_in_proportion_to_its_length() {
+    let lock = PathLock::new();
+    let depth = 2_000;
+    let path: Vec<String> = (0..depth).map(|d| format!("segment-{d:05}")).collect();
+    let guard = lock.write(&path);
+    let bytes = lock.node_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    // About 400 bytes of node and 13 of segment per level; the old keys
+    // alone took 14 × d² / 2 = 28 MB here.
+    assert!(
+        bytes < depth * 1024,
+        "{bytes} bytes for a {depth}-deep path"
+    );
+    drop(guard);
+    // The released path waits in the idle cache, bounded in bytes: a small
+    // cache is swept by the next request.
+    let small = PathLock::with_idle_cache(64 << 10);
+    for i in 0..20 {
+        let long: Vec<String> = (0..100).map(|d| format!("p{i}-{d}")).collect();
+        drop(small.write(&long));
+    }
+    drop(small.read(["x"]));
+    let idle = small.node_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(idle <= 2 * (64 << 10), "{idle} bytes of idle nodes");
+}
+
+/// Deep nodes are matched through their chain of segments, with lengths
+/// past one byte of varint (128 and more) and segments that are suffixes
+/// of each other.
+#[test]
+fn deep_paths_with_long_and_similar_segments_resolve_exactly() {
+    let lock = PathLock::new();
+    let long = "x".repeat(200);
+    let path = ["a", "b", "c", "d", "e", long.as_str(), "f"];
+    let guard = lock.write(path);
+    assert!(lock.try_read(path).is_none());
+    assert!(lock.try_read(&path[..6]).is_none(), "a prefix");
+    let mut sibling = path;
+    sibling[6] = "g";
+    assert!(lock.try_read(sibling).is_some());
+    let shorter = "x".repeat(199);
+    let mut other = path;
+    other[5] = shorter.as_str();
+    assert!(lock.try_read(other).is_some(), "a segment one byte shorter");
+    let mut merged = path;
+    let joined = format!("e{long}");
+    merged[4] = joined.as_str();
+    assert!(
+        lock.try_read(&merged[..5]).is_some(),
+        "segments joined differently"
+    );
+    drop(guard);
+    assert!(lock.try_write(path).is_some());
+}
