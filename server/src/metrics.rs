@@ -96,7 +96,7 @@ impl Metrics {
             let stats = ns.lock.stats();
             held += stats.held;
             waiting += stats.waiting;
-            tree_bytes += stats.node_bytes;
+            tree_bytes += ns.lock.node_bytes();
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -260,9 +260,6 @@ pub struct PathLockStats {
     /// Tree nodes held or waited on (the root and idle cached nodes are not
     /// counted).
     pub nodes: usize,
-    /// About the bytes of every tree node but the root, idle cached ones
-    /// included (those are bounded by [`PathLock::with_idle_cache`]).
-    pub node_bytes: usize,
 }
 
 /// A pointer to a node: the root, one its owner holds or waits on (then the
@@ -641,8 +638,13 @@ impl PathLock {
             held: self.root.held_now() as usize,
             waiting,
             nodes,
-            node_bytes: self.node_bytes.load(SeqCst),
         }
+    }
+
+    /// About the bytes of every tree node but the root, idle cached ones
+    /// included (those are bounded by [`with_idle_cache`](Self::with_idle_cache)).
+    pub fn node_bytes(&self) -> usize {
+        self.node_bytes.load(SeqCst)
     }
 
     fn lock_blocking(&self, set: &LockSet, deadline: Option<Instant>) -> Result<Held, LockError> {

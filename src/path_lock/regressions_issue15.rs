@@ -182,7 +182,7 @@ fn a_deep_path_takes_bytes_in_proportion_to_its_length() {
     let depth = 2_000;
     let path: Vec<String> = (0..depth).map(|d| format!("segment-{d:05}")).collect();
     let guard = lock.write(&path);
-    let bytes = lock.node_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    let bytes = lock.node_bytes();
     // About 400 bytes of node and 13 of segment per level; the old keys
     // alone took 14 × d² / 2 = 28 MB here.
     assert!(
@@ -198,7 +198,7 @@ fn a_deep_path_takes_bytes_in_proportion_to_its_length() {
         drop(small.write(&long));
     }
     drop(small.read(["x"]));
-    let idle = small.node_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    let idle = small.node_bytes();
     assert!(idle <= 2 * (64 << 10), "{idle} bytes of idle nodes");
 }
 
