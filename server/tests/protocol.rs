@@ -9,6 +9,9 @@ use shardlock_client::{Client, Error, Frame, Mode, State};
 use shardlock_server::config::Config;
 use tokio::sync::oneshot;
 
+mod common;
+use common::{next_close_code, raw_ws};
+
 /// A server on a free loopback port, stopped (and awaited) by `stop`.
 struct Server {
     addr: SocketAddr,
@@ -657,64 +660,6 @@ async fn a_peer_that_floods_pings_and_never_reads_is_cut_off() {
     server.stop().await;
 }
 
-/// A WebSocket session on `/v1?namespace={ns}` opened by hand over plain
-/// TCP, for frames that no client library would send.
-fn raw_ws(addr: SocketAddr, ns: &str) -> std::net::TcpStream {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let request = format!(
-        "GET /v1?namespace={ns} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    // The 101 response ends with an empty line; read it byte by byte so no
-    // frame after it is swallowed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
-
-/// The code of the close frame the server sends next (skipping other
-/// frames), or `None` if the connection ends without one (bounded: 10 s).
-fn next_close_code(stream: &mut std::net::TcpStream) -> Option<u16> {
-    use std::io::Read;
-    loop {
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head).ok()?;
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut ext = [0u8; 2];
-                stream.read_exact(&mut ext).ok()?;
-                u64::from(u16::from_be_bytes(ext))
-            }
-            127 => {
-                let mut ext = [0u8; 8];
-                stream.read_exact(&mut ext).ok()?;
-                u64::from_be_bytes(ext)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; len as usize];
-        stream.read_exact(&mut payload).ok()?;
-        if head[0] & 0x0f == 0x8 {
-            return Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_the_websocket_layer_refuses_get_a_close_code() {
     let server = Server::start(&[]).await;
@@ -921,18 +866,8 @@ async fn the_status_page_lists_a_bounded_number_of_namespaces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_largest_lock_costs_a_bounded_multiple_of_its_message() {
     let server = Server::start(&[]).await;
-    let (resources, depth, max_message) = (64, 32, 64 * 1024);
-    // Segments as long as the message allows, all resources disjoint.
-    let per_segment = max_message / (resources * depth) - 6;
-    let resource = |r: usize| {
-        let path: Vec<String> = (0..depth)
-            .map(|d| format!("\"{:0>width$}\"", format!("{r}-{d}"), width = per_segment))
-            .collect();
-        format!(r#"{{"type":"write","path":[{}]}}"#, path.join(","))
-    };
-    let all: Vec<String> = (0..resources).map(resource).collect();
-    let message = format!(r#"{{"action":"lock","resources":[{}]}}"#, all.join(","));
-    assert!(message.len() <= max_message, "{}", message.len());
+    let max_message = 64 * 1024;
+    let message = common::largest_lock(64, 32, max_message, "r");
     let tree_bytes = async |server: &Server| {
         let (_, metrics) = server.get("/metrics").await;
         let line = metrics

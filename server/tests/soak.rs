@@ -1,14 +1,22 @@
 //! A bounded soak: 64 clients on a small tree take random lock sets,
 //! release them, and drop their connections abruptly while holding or
-//! waiting. A ghost checker on the client side panics if two holders ever
-//! conflict; at the end nothing is held or waiting, every session and
-//! namespace is gone, and no abandoned lock's task is left.
+//! waiting, while attackers run beside them: a ping flood that never
+//! reads, a client that locks the largest sets the limits allow (deep
+//! paths filling a message) and releases them, and a client that leaves
+//! long abandoned locks behind past their limit. A ghost checker on the
+//! client side panics if two holders ever conflict; at the end nothing is
+//! held or waiting, every session and namespace is gone, no abandoned lock
+//! is left, and the lock trees take no memory.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::{Rng, SeedableRng};
 use shardlock_client::{Client, Mode, State};
 use shardlock_server::config::Config;
+
+mod common;
 
 type Resource = (Mode, Vec<&'static str>);
 
@@ -70,6 +78,8 @@ async fn sixty_four_clients_lock_release_and_vanish() {
         "0",
         "--keepalive-interval",
         "200",
+        "--max-abandoned-locks-per-namespace",
+        "8",
     ]);
     let (bound_tx, bound) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -83,6 +93,8 @@ async fn sixty_four_clients_lock_release_and_vanish() {
         },
     ));
     let addr = bound.await.unwrap();
+    let attacking = Arc::new(AtomicBool::new(true));
+    let attackers = attack(addr, attacking.clone());
     let ghost = Arc::new(Ghost::default());
     let clients: Vec<_> = (0..64usize)
         .map(|who| {
@@ -128,6 +140,10 @@ async fn sixty_four_clients_lock_release_and_vanish() {
     for c in clients {
         c.await.expect("a client failed");
     }
+    attacking.store(false, Ordering::Relaxed);
+    for a in attackers {
+        a.await.expect("an attacker failed");
+    }
     // Everything drains: abandoned locks time out, sessions end, the
     // namespace is dropped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -138,6 +154,8 @@ async fn sixty_four_clients_lock_release_and_vanish() {
             "shardlock_namespaces 0",
             "shardlock_locks_held 0",
             "shardlock_locks_waiting 0",
+            "shardlock_abandoned_locks 0",
+            "shardlock_lock_tree_bytes 0",
         ]
         .iter()
         .all(|line| metrics.lines().any(|l| l == *line));
@@ -156,4 +174,72 @@ async fn sixty_four_clients_lock_release_and_vanish() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// The attackers, each looping until `attacking` turns false.
+fn attack(
+    addr: std::net::SocketAddr,
+    attacking: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let flood = {
+        let attacking = attacking.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            // Masked 125-byte pings, never reading: cut off, then again.
+            let mut frame = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+            frame.extend_from_slice(&[7u8; 125]);
+            let batch = frame.repeat(1000);
+            while attacking.load(Ordering::Relaxed) {
+                let mut stream = common::raw_ws(addr, "soak");
+                while attacking.load(Ordering::Relaxed) && stream.write_all(&batch).is_ok() {}
+            }
+        })
+    };
+    let largest = {
+        let attacking = attacking.clone();
+        tokio::spawn(async move {
+            let url = format!("ws://{addr}/v1?namespace=soak&abandon-timeout-ms=0");
+            let mut client = Client::connect(&url).await.unwrap();
+            let mut round = 0;
+            while attacking.load(Ordering::Relaxed) {
+                let message = common::largest_lock(64, 32, 64 * 1024, &format!("x{}", round % 3));
+                // Raw frames, so the client's state machine stays out.
+                let text = async |client: &mut Client| match client.recv_raw().await.unwrap() {
+                    shardlock_client::Frame::Text(t) => t,
+                    other => panic!("{other:?}"),
+                };
+                client.send_raw(&message).await.unwrap();
+                if text(&mut client).await.contains("enqueued") {
+                    let pushed = text(&mut client).await;
+                    assert!(pushed.contains("acquired"), "{pushed}");
+                }
+                client.send_raw(r#"{"action":"release"}"#).await.unwrap();
+                let released = text(&mut client).await;
+                assert!(released.contains("release"), "{released}");
+                round += 1;
+            }
+            client.close().await.unwrap();
+        })
+    };
+    let abandoner = tokio::spawn(async move {
+        // Long abandoned locks on paths nobody else takes, past the limit
+        // of 8 per namespace: the rest are released when they vanish.
+        let url = format!("ws://{addr}/v1?namespace=soak&abandon-timeout-ms=100");
+        let mut n = 0;
+        while attacking.load(Ordering::Relaxed) {
+            let mut client = Client::connect(&url).await.unwrap();
+            let path = format!("abandoned-{n}");
+            let reply = client
+                .lock(&[(Mode::Write, &["z", path.as_str()])])
+                .await
+                .unwrap();
+            if reply.state == State::Enqueued {
+                client.acquired().await.unwrap();
+            }
+            client.abort();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    vec![flood, largest, abandoner]
 }

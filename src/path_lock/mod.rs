@@ -470,11 +470,13 @@ impl PathLock {
     }
 
     /// An empty lock tree whose cache of idle nodes (released paths kept
-    /// for reuse) takes about `bytes` at most before a sweep empties it
-    /// (default 4 MiB; it also holds at most 8,192 nodes). A node takes
-    /// about 400 bytes plus its segment; a smaller cache costs more node
-    /// creations when paths come back. A server with one tree per client
-    /// namespace bounds its memory with this.
+    /// for reuse) is bounded by `bytes` (default 4 MiB, and at most 8,192
+    /// nodes): a request sweeps idle nodes away first once the tree's nodes
+    /// take `bytes`, or twice what the last sweep left in use, whichever is
+    /// more (so sweeps stay amortised when most nodes are held). A node
+    /// takes about 470 bytes plus its segment; a smaller cache costs more
+    /// node creations when paths come back. A server with one tree per
+    /// client namespace bounds its memory with this.
     pub fn with_idle_cache(bytes: usize) -> Self {
         let mut lock = Self::new();
         lock.idle_bytes = bytes;

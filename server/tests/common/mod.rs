@@ -1,0 +1,88 @@
+//! Helpers shared by the server's integration tests: hand-made WebSocket
+//! sessions for frames no client library would send, and the largest lock
+//! message the default limits allow.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A WebSocket session on `/v1?namespace={ns}` opened by hand over plain
+/// TCP, for frames that no client library would send.
+pub fn raw_ws(addr: SocketAddr, ns: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "GET /v1?namespace={ns} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    // The 101 response ends with an empty line; read it byte by byte so no
+    // frame after it is swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// The code of the close frame the server sends next (skipping other
+/// frames), or `None` if the connection ends without one (bounded: 10 s).
+pub fn next_close_code(stream: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    loop {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).ok()?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).ok()?;
+                u64::from(u16::from_be_bytes(ext))
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).ok()?;
+                u64::from_be_bytes(ext)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).ok()?;
+        if head[0] & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
+        }
+    }
+}
+
+/// A lock message of `resources` disjoint write paths, each `depth`
+/// segments long, with segments as long as fit in `max_message` bytes;
+/// `tag` makes the paths distinct from other such messages'.
+pub fn largest_lock(resources: usize, depth: usize, max_message: usize, tag: &str) -> String {
+    let per_segment = max_message / (resources * depth) - 6;
+    let resource = |r: usize| {
+        let path: Vec<String> = (0..depth)
+            .map(|d| {
+                format!(
+                    "\"{:0>width$}\"",
+                    format!("{tag}{r}-{d}"),
+                    width = per_segment
+                )
+            })
+            .collect();
+        format!(r#"{{"type":"write","path":[{}]}}"#, path.join(","))
+    };
+    let all: Vec<String> = (0..resources).map(resource).collect();
+    let message = format!(r#"{{"action":"lock","resources":[{}]}}"#, all.join(","));
+    assert!(message.len() <= max_message, "{}", message.len());
+    message
+}
