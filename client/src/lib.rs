@@ -15,11 +15,39 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Keeping the session, and learning that it is lost
+//! A task of the client's own reads the connection all the time, so the
+//! server's keepalive pings are answered whatever the caller is doing: a
+//! lock may be held for hours between calls. If the connection ends anyway
+//! (the server stops, the network fails, the server finds the peer dead),
+//! the lock is lost: the server keeps it for the abandon timeout and then
+//! grants it to the next waiter. [`Client::lost`] is a future that resolves
+//! when that happens, so a holder can stop its critical section:
+//!
+//! ```no_run
+//! # async fn demo(work: impl std::future::Future<Output = ()>) -> Result<(), shardlock_client::Error> {
+//! # use shardlock_client::{Client, Mode};
+//! let mut client = Client::connect("ws://127.0.0.1:9009/v1?namespace=jobs").await?;
+//! client.lock(&[(Mode::Write, &["reports"])]).await?; // (acquired at once here)
+//! tokio::select! {
+//!     () = work => client.release().await.map(drop)?,
+//!     ended = client.lost() => eprintln!("lock lost ({ended}): stop writing"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A storage service that must never accept a write from a holder that lost
+//! its lock should also check fencing ids (the lock's `id`, which grows
+//! within a namespace): reject a write whose id is below the highest seen.
 use std::fmt;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -110,10 +138,82 @@ pub struct Options {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection ended (see [`Client::lost`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The close code the server sent, if it sent one.
+    pub code: Option<u16>,
+    /// What ended it.
+    pub reason: String,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "{} (close code {code})", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 /// One connection to one namespace.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    sink: SplitSink<Socket, Message>,
+    /// Frames the reader task received, in order, then how it ended.
+    inbox: mpsc::UnboundedReceiver<Result<Frame, Error>>,
+    /// Set once, when the connection ends.
+    ended: watch::Receiver<Option<Ended>>,
+    reader: tokio::task::JoinHandle<()>,
     state: State,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads the connection until it ends: text and close frames go to the
+/// inbox; pings are answered by the WebSocket layer as it reads (it sends
+/// the pong before its next read), whatever the caller is doing.
+async fn read_all(
+    mut stream: SplitStream<Socket>,
+    inbox: mpsc::UnboundedSender<Result<Frame, Error>>,
+    ended: watch::Sender<Option<Ended>>,
+) {
+    let end = loop {
+        let frame = match stream.next().await {
+            None
+            | Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
+                Frame::Close(None)
+            }
+            Some(Err(e)) => {
+                let end = Ended {
+                    code: None,
+                    reason: format!("connection failed: {e}"),
+                };
+                let _ = inbox.send(Err(e.into()));
+                break end;
+            }
+            Some(Ok(Message::Text(t))) => Frame::Text(t.to_string()),
+            Some(Ok(Message::Close(frame))) => Frame::Close(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+        };
+        let closed = match &frame {
+            Frame::Close(code) => Some(Ended {
+                code: *code,
+                reason: "closed by the server".into(),
+            }),
+            Frame::Text(_) => None,
+        };
+        let _ = inbox.send(Ok(frame));
+        if let Some(end) = closed {
+            break end;
+        }
+    };
+    ended.send_replace(Some(end));
 }
 
 impl Client {
@@ -159,10 +259,37 @@ impl Client {
         #[cfg(not(feature = "tls"))]
         let (ws, _) =
             tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        let (sink, stream) = ws.split();
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = watch::channel(None);
+        let reader = tokio::spawn(read_all(stream, inbox_tx, ended_tx));
         Ok(Client {
-            ws,
+            sink,
+            inbox,
+            ended,
+            reader,
             state: State::Ready,
         })
+    }
+
+    /// Resolves when the connection ends, saying why: from then on a held
+    /// lock is lost (see the crate docs). Does not borrow the client, so it
+    /// can run beside a critical section (`tokio::select!`).
+    pub fn lost(&self) -> impl std::future::Future<Output = Ended> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            loop {
+                if let Some(end) = ended.borrow_and_update().clone() {
+                    return end;
+                }
+                if ended.changed().await.is_err() {
+                    return Ended {
+                        code: None,
+                        reason: "the client was dropped".into(),
+                    };
+                }
+            }
+        }
     }
 
     /// The state as of the last reply.
@@ -220,25 +347,16 @@ impl Client {
 
     /// Sends a text frame as is.
     pub async fn send_raw(&mut self, text: &str) -> Result<(), Error> {
-        self.ws.send(Message::Text(text.into())).await?;
+        self.sink.send(Message::Text(text.into())).await?;
         Ok(())
     }
 
-    /// The next text frame or close (pings are answered and skipped).
+    /// The next text frame or close (pings are answered by the client's
+    /// reader task and never seen here).
     pub async fn recv_raw(&mut self) -> Result<Frame, Error> {
-        loop {
-            match self.ws.next().await {
-                None => return Ok(Frame::Close(None)),
-                Some(Err(
-                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                )) => return Ok(Frame::Close(None)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Text(t))) => return Ok(Frame::Text(t.to_string())),
-                Some(Ok(Message::Close(frame))) => {
-                    return Ok(Frame::Close(frame.map(|f| u16::from(f.code))))
-                }
-                Some(Ok(_)) => {}
-            }
+        match self.inbox.recv().await {
+            Some(frame) => frame,
+            None => Ok(Frame::Close(None)), // the reader ended after a close
         }
     }
 
@@ -260,19 +378,19 @@ impl Client {
     /// Closes the connection cleanly (a held lock is then kept for the
     /// abandon timeout, as the protocol says).
     pub async fn close(mut self) -> Result<(), Error> {
-        self.ws
-            .close(Some(tungstenite::protocol::CloseFrame {
+        self.sink
+            .send(Message::Close(Some(tungstenite::protocol::CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
-            }))
+            })))
             .await?;
         // Read until the server's close (or the end).
-        while let Some(Ok(_)) = self.ws.next().await {}
+        while let Some(Ok(Frame::Text(_))) = self.inbox.recv().await {}
         Ok(())
     }
 
     /// Drops the connection without a close frame: an abrupt disconnect.
     pub fn abort(self) {
-        drop(self.ws);
+        drop(self); // stops the reader task, which drops the socket
     }
 }

@@ -10,7 +10,7 @@ use shardlock_server::config::Config;
 use tokio::sync::oneshot;
 
 mod common;
-use common::{next_close_code, raw_ws};
+use common::{next_close_code, raw_ws, send_text};
 
 /// A server on a free loopback port, stopped (and awaited) by `stop`.
 struct Server {
@@ -530,10 +530,24 @@ async fn message_size_namespace_handshake_and_keepalive_limits() {
     let read = tokio::io::AsyncReadExt::read(&mut silent, &mut buf);
     let read = tokio::time::timeout(Duration::from_secs(10), read).await;
     assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "cut off: {read:?}");
-    // A holder that stops answering pings is found dead, and its lock
-    // (abandon timeout 0) goes to the next in line.
-    let mut mute = server.client("namespace=ka&abandon-timeout-ms=0").await;
-    mute.lock(&[(W, &["job"])]).await.unwrap();
+    // A holder that stops answering pings (it never reads) is found dead,
+    // and its lock (abandon timeout 0) goes to the next in line.
+    let addr = server.addr;
+    let mute = tokio::task::spawn_blocking(move || {
+        let mut mute = raw_ws(addr, "ka&abandon-timeout-ms=0");
+        send_text(
+            &mut mute,
+            r#"{"action":"lock","resources":[{"type":"write","path":["job"]}]}"#,
+        );
+        mute
+    })
+    .await
+    .unwrap();
+    server
+        .until("the mute peer to hold", async |s| {
+            s.stats("ka").await["GroupsAcquired"] == 1
+        })
+        .await;
     let mut next = server.client("namespace=ka").await;
     assert_eq!(
         next.lock(&[(W, &["job"])]).await.unwrap().state,
@@ -897,4 +911,51 @@ async fn a_largest_lock_costs_a_bounded_multiple_of_its_message() {
     println!("after release and one more lock: {idle} bytes");
     assert!(idle <= 4 * max_message + 4096, "{idle} bytes cached");
     server.stop().await;
+}
+
+/// Issue 18: the client answered pings only during a call, so a lock held
+/// across several keepalive intervals without calls was lost (the session
+/// found dead, the lock abandoned and then granted to a waiter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_across_keepalive_intervals_without_calls_is_kept() {
+    let server = Server::start(&["--keepalive-interval", "50"]).await;
+    let mut holder = server.client("namespace=long&abandon-timeout-ms=0").await;
+    holder.lock(&[(W, &["job"])]).await.unwrap();
+    let mut waiter = server.client("namespace=long").await;
+    assert_eq!(
+        waiter.lock(&[(W, &["job"])]).await.unwrap().state,
+        State::Enqueued
+    );
+    // Ten keepalive intervals with no call on the holder; the waiter keeps
+    // reading (and would see a grant).
+    let early = tokio::time::timeout(Duration::from_millis(500), waiter.acquired()).await;
+    assert!(
+        early.is_err(),
+        "the waiter got the lock while its holder held it"
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("\nshardlock_dead_peers_total 0\n"),
+        "{metrics}"
+    );
+    holder.release().await.unwrap();
+    assert_eq!(waiter.acquired().await.unwrap().state, State::Acquired);
+    server.stop().await;
+}
+
+/// A holder learns that its session ended (here the server stops) through
+/// `Client::lost`, without calling anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_learns_that_its_session_is_lost() {
+    let server = Server::start(&[]).await;
+    let mut holder = server.client("namespace=lost").await;
+    holder.lock(&[(W, &["job"])]).await.unwrap();
+    let lost = holder.lost();
+    let still = tokio::time::timeout(Duration::from_millis(100), holder.lost()).await;
+    assert!(still.is_err(), "lost while the session lives");
+    server.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), lost)
+        .await
+        .expect("lost() resolves when the session ends");
+    assert_eq!(ended.code, Some(1001), "{ended}");
 }

@@ -64,6 +64,22 @@ pub fn next_close_code(stream: &mut std::net::TcpStream) -> Option<u16> {
     }
 }
 
+/// Sends `text` as one masked text frame (mask key 0).
+pub fn send_text(stream: &mut std::net::TcpStream, text: &str) {
+    use std::io::Write;
+    let len = text.len();
+    let mut frame = vec![0x81];
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else {
+        assert!(len < 1 << 16);
+        frame.extend_from_slice(&[0x80 | 126, (len >> 8) as u8, len as u8]);
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(text.as_bytes());
+    stream.write_all(&frame).unwrap();
+}
+
 /// A lock message of `resources` disjoint write paths, each `depth`
 /// segments long, with segments as long as fit in `max_message` bytes;
 /// `tag` makes the paths distinct from other such messages'.
