@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example compare [-- --rounds 3 --threads 1,2 --cap-log2 22 --workload NAME]
+//! cargo run --release --example compare -- --help
 //! ```
 //!
 //! The last rows give peak resident bytes per entry after inserting 2^cap-log2
@@ -195,8 +196,17 @@ fn memory_rows(cap_log2: u8) {
     let baseline = child(0, 0, 0);
     for (label, capacity) in [("presized", n as usize), ("grown", 0)] {
         let per_entry: Vec<f64> = (0..MAPS.len())
-            .map(|i| (child(i, capacity, n).saturating_sub(baseline)) as f64 / n as f64)
+            .map(|i| {
+                eprint!(
+                    "\rmemory ({label}): {} ({}/{})...\x1b[K",
+                    MAPS[i],
+                    i + 1,
+                    MAPS.len()
+                );
+                (child(i, capacity, n).saturating_sub(baseline)) as f64 / n as f64
+            })
             .collect();
+        eprint!("\r\x1b[K");
         let cells: Vec<String> = per_entry.iter().map(|b| format!("{b:.1}")).collect();
         let dash = per_entry[OURS];
         println!(
@@ -234,32 +244,46 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// The command line.
+#[derive(clap::Parser)]
+#[command(
+    about = "InlineTable and RouterTable against dashmap, papaya, scc and leapfrog on bustle's \
+             workloads, plus memory per entry; medians of interleaved rounds, in one process"
+)]
+struct Args {
+    /// Interleaved rounds per workload (the median is printed; one round
+    /// swings by 2× on a busy machine).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Thread counts to run each workload with.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    threads: Vec<usize>,
+    /// Table capacity, as a power of two.
+    #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u8).range(10..=30))]
+    cap_log2: u8,
+    /// Only this workload (any case), or only the memory rows.
+    #[arg(long, ignore_case = true, value_parser = ["ReadHeavy", "read-only", "Exchange", "RapidGrow", "memory"])]
+    workload: Option<String>,
+    /// Internal: measure one map's memory in this child process.
+    #[arg(long, hide = true)]
+    memory_child: Option<String>,
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(spec) = arg(&args, "--memory-child") {
+    let args = <Args as clap::Parser>::parse();
+    if let Some(spec) = args.memory_child {
         let [index, capacity, n]: [u64; 3] = spec
             .split(',')
-            .map(|x| x.parse().unwrap())
+            .map(|x| x.parse().expect("index,capacity,entries"))
             .collect::<Vec<_>>()
             .try_into()
-            .unwrap();
+            .expect("index,capacity,entries");
         println!("{}", fill_peak(index as usize, capacity as usize, n));
         return;
     }
-    let rounds: usize = arg(&args, "--rounds").map_or(1, |s| s.parse().expect("--rounds N"));
-    let cap_log2: u8 = arg(&args, "--cap-log2").map_or(22, |s| s.parse().expect("--cap-log2 N"));
-    let threads: Vec<usize> = arg(&args, "--threads").map_or(vec![1, 2], |s| {
-        s.split(',')
-            .map(|t| t.parse().expect("--threads 1,2"))
-            .collect()
-    });
-    let only: Option<String> = arg(&args, "--workload");
+    let (rounds, cap_log2, threads) = (args.rounds as usize, args.cap_log2, args.threads);
+    // Names compare in any case; the table prints the canonical one.
+    let only: Option<String> = args.workload.map(|w| w.to_ascii_lowercase());
 
     println!(
         "bustle workloads, u64 keys, u32 values, ahash, capacity 2^{cap_log2}, 1 operations multiple, \
@@ -272,7 +296,10 @@ fn main() {
     println!("|---|---|{}---|---|---|", "---|".repeat(MAPS.len()));
     let mut read_only = Vec::new();
     for (name, mix, prefill) in workloads() {
-        if only.as_deref().is_some_and(|w| w != name) {
+        if only
+            .as_deref()
+            .is_some_and(|w| w != name.to_ascii_lowercase())
+        {
             continue;
         }
         for &t in &threads {
@@ -282,11 +309,13 @@ fn main() {
                 .prefill_fraction(prefill)
                 .operations(1.0);
             let mut samples = vec![Vec::new(); MAPS.len()];
-            for _ in 0..rounds {
+            for round in 1..=rounds {
+                eprint!("\r{name}, {t} thread(s): round {round}/{rounds}...");
                 for (i, s) in samples.iter_mut().enumerate() {
                     s.push(run_map(i, &workload));
                 }
             }
+            eprint!("\r\x1b[K");
             let mops: Vec<f64> = samples.into_iter().map(median).collect();
             let best_peer = mops[OURS..].iter().copied().fold(f64::MIN, f64::max);
             let cells: Vec<String> = mops.iter().map(|m| format!("{m:.1}")).collect();
@@ -303,6 +332,7 @@ fn main() {
         }
     }
     if only.is_none() || only.as_deref() == Some("memory") {
+        eprintln!("memory rows: each map filled in a child process (about a minute)");
         memory_rows(cap_log2);
     }
     if let (Some(&(1, one)), Some(&(2, two))) = (read_only.first(), read_only.get(1)) {

@@ -9,14 +9,32 @@ use clap::{ArgAction, Parser};
 
 use crate::protocol::Limits;
 
-/// A boolean the way Locktopus reads one: `true`, `1`, `yes`, `y` (any case)
-/// are true, anything else false. `--log-clients=true`, `--log-clients false`
-/// and a bare `--log-clients` all work.
-fn truthy(s: &str) -> Result<bool, std::convert::Infallible> {
-    Ok(matches!(
-        s.to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "y"
-    ))
+/// A boolean: `true`, `1`, `yes`, `y`, `on` (any case) are true, as in
+/// Locktopus, and `false`, `0`, `no`, `n`, `off` false; anything else is an
+/// error (Locktopus reads it as false, so a typo such as `ture` would turn
+/// logging off silently). `--log-clients=true`, `--log-clients false` and a
+/// bare `--log-clients` all work.
+fn truthy(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "0" | "no" | "n" | "off" => Ok(false),
+        _ => Err(format!(
+            "`{s}` is not a boolean (true/false, yes/no, 1/0, on/off)"
+        )),
+    }
+}
+
+/// A duration in milliseconds: a bare number is milliseconds, as
+/// Locktopus's flags take them; anything else is a humantime duration
+/// (`30s`, `1m 30s`, `250ms`).
+fn millis(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let duration = humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration: give milliseconds (`30000`) or a unit (`30s`): {e}")
+    })?;
+    u64::try_from(duration.as_millis()).map_err(|_| format!("`{s}` is too long"))
 }
 
 /// An auth token: anything but empty.
@@ -44,20 +62,23 @@ pub struct Config {
     /// Port to listen on (0 picks a free one; the address is printed).
     #[arg(short, long, env = "LOCKTOPUS_PORT", default_value_t = 9009)]
     pub port: u16,
-    /// Abandon timeout (ms) for a connection that closes holding a lock,
-    /// unless it set `abandon-timeout-ms`.
+    /// Abandon timeout for a connection that closes holding a lock, unless
+    /// it set `abandon-timeout-ms`: milliseconds, or a duration (`1m`).
     #[arg(
         long,
         env = "LOCKTOPUS_DEFAULT_ABANDON_TIMEOUT",
-        default_value_t = 60_000
+        default_value_t = 60_000,
+        value_parser = millis
     )]
     pub default_abandon_timeout: u64,
-    /// Longest abandon timeout (ms) a client may ask for with
-    /// `abandon-timeout-ms`; a longer one is refused with HTTP 400.
+    /// Longest abandon timeout a client may ask for with
+    /// `abandon-timeout-ms` (a longer one is refused with HTTP 400):
+    /// milliseconds, or a duration (`1h`).
     #[arg(
         long,
         env = "LOCKTOPUS_MAX_ABANDON_TIMEOUT",
-        default_value_t = 3_600_000
+        default_value_t = 3_600_000,
+        value_parser = millis
     )]
     pub max_abandon_timeout: u64,
     /// Most abandoned locks (held by connections that ended) kept at once,
@@ -108,15 +129,17 @@ pub struct Config {
         default_value_t = 1_000
     )]
     pub max_connections_per_namespace: usize,
-    /// Time (ms) a client has to send its request headers.
-    #[arg(long, env = "LOCKTOPUS_HANDSHAKE_TIMEOUT", default_value_t = 10_000)]
+    /// Time a client has to send its request headers: milliseconds, or a
+    /// duration (`10s`).
+    #[arg(long, env = "LOCKTOPUS_HANDSHAKE_TIMEOUT", default_value_t = 10_000, value_parser = millis)]
     pub handshake_timeout: u64,
-    /// Ping interval (ms); a peer silent for two intervals, or one that takes
-    /// no reply for two, is dead.
-    #[arg(long, env = "LOCKTOPUS_KEEPALIVE_INTERVAL", default_value_t = 30_000)]
+    /// Ping interval: milliseconds, or a duration (`30s`); a peer silent for
+    /// two intervals, or one that takes no reply for two, is dead.
+    #[arg(long, env = "LOCKTOPUS_KEEPALIVE_INTERVAL", default_value_t = 30_000, value_parser = millis)]
     pub keepalive_interval: u64,
-    /// Time (ms) sessions get to close on shutdown before the server exits.
-    #[arg(long, env = "LOCKTOPUS_DRAIN_TIMEOUT", default_value_t = 5_000)]
+    /// Time sessions get to close on shutdown before the server exits:
+    /// milliseconds, or a duration (`5s`).
+    #[arg(long, env = "LOCKTOPUS_DRAIN_TIMEOUT", default_value_t = 5_000, value_parser = millis)]
     pub drain_timeout: u64,
     /// Shared secret clients must present (`Authorization: Bearer <token>`
     /// or `?token=<token>`). Off by default, as in Locktopus.
@@ -190,6 +213,32 @@ mod tests {
         assert!(parse(&["--log-locks"]).log_locks);
         assert!(!parse(&["--log-locks=false"]).log_locks);
         assert!(!parse(&["--log-locks", "no"]).log_locks);
+        let typo = Config::try_parse_from(["shardlock-server", "--log-clients=ture"]).unwrap_err();
+        assert!(typo.to_string().contains("not a boolean"), "{typo}");
+    }
+
+    #[test]
+    fn durations_take_milliseconds_or_units() {
+        assert_eq!(
+            parse(&["--keepalive-interval", "30s"]).keepalive_interval,
+            30_000
+        );
+        assert_eq!(
+            parse(&["--keepalive-interval", "1500"]).keepalive_interval,
+            1_500
+        );
+        assert_eq!(parse(&["--drain-timeout", "250ms"]).drain_timeout, 250);
+        assert_eq!(
+            parse(&["--default-abandon-timeout", "1m 30s"]).default_abandon_timeout,
+            90_000
+        );
+        assert_eq!(
+            parse(&["--max-abandon-timeout", "2h"]).max_abandon_timeout,
+            7_200_000
+        );
+        let bad = Config::try_parse_from(["shardlock-server", "--handshake-timeout", "soon"])
+            .unwrap_err();
+        assert!(bad.to_string().contains("not a duration"), "{bad}");
     }
 
     #[test]
