@@ -2,11 +2,12 @@
 //! accept loop (handshake timeout, graceful drain).
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::Shared;
 
@@ -124,6 +127,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn v1(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Params,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -175,7 +179,7 @@ async fn v1(
         shared.metrics.rejected_connections.fetch_add(1, Relaxed);
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
-    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    let id = shared.metrics.connections_total.fetch_add(1, Relaxed) + 1;
     let session = SessionCount(shared.clone());
     // v1 frames are small: a small read buffer (tungstenite zeroes its
     // unused part on every read; the 128 KiB default cost a fifth of the
@@ -191,16 +195,23 @@ async fn v1(
         .max_message_size(shared.config.max_message_bytes)
         .max_frame_size(shared.config.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            if session.0.config.log_clients {
-                tracing::info!(namespace = member.name(), "session opened");
-            }
+        .on_upgrade(move |socket| {
+            // Every log line of the session carries its id, peer and
+            // namespace.
+            let span = tracing::info_span!("session", id, %peer, namespace = member.name());
             let shared = session.0.clone();
-            crate::session::serve(socket, member, shared, abandon).await;
-            if session.0.config.log_clients {
-                tracing::info!("session closed");
+            async move {
+                let log = shared.config.log_clients;
+                if log {
+                    tracing::info!("session opened");
+                }
+                let end = crate::session::serve(socket, member, shared, abandon).await;
+                if log {
+                    tracing::info!(reason = %end, "session closed");
+                }
+                drop(session);
             }
-            drop(session);
+            .instrument(span)
         })
 }
 
@@ -267,10 +278,20 @@ impl Drop for HttpOpen {
 
 /// Serves one connection (plain or TLS) until it closes or upgrades; on
 /// shutdown, finishes the request in flight and closes.
-async fn serve_connection<S>(io: S, app: Router, builder: &Builder, shared: &Shared)
-where
+async fn serve_connection<S>(
+    io: S,
+    peer: SocketAddr,
+    app: Router,
+    builder: &Builder,
+    shared: &Shared,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The peer's address, for the handlers (`ConnectInfo`).
+    let app = app.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
     let service = TowerToHyperService::new(app);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
@@ -317,8 +338,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     // A connection that died in the backlog: the next one.
                     Err(e) if is_connection_error(&e) => continue,
                     // Out of file descriptors (or memory): back off instead
@@ -335,11 +356,11 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let shared = &open.0;
                     match tls {
-                        None => serve_connection(stream, app, &builder, shared).await,
+                        None => serve_connection(stream, peer, app, &builder, shared).await,
                         // The TLS handshake gets the same bound as the
                         // request headers.
                         Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => serve_connection(stream, app, &builder, shared).await,
+                            Ok(Ok(stream)) => serve_connection(stream, peer, app, &builder, shared).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         },

@@ -39,18 +39,44 @@ struct Held {
     since: Instant,
 }
 
-/// Why the loop ended.
-enum End {
-    /// The peer closed, dropped, or went silent.
-    Gone,
-    /// A protocol error (already reported to the peer).
-    Error,
+/// Why a session ended (logged with `--log-clients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The peer sent a close frame.
+    Closed,
+    /// The connection ended without a close frame, or failed.
+    Dropped,
+    /// The peer answered no ping for two keepalive intervals.
+    Dead,
+    /// A write to the peer failed or took longer than two keepalive
+    /// intervals (a peer that does not read).
+    WriteFailed,
+    /// A protocol error (reported to the peer, then closed).
+    Protocol(ErrorKind),
     /// The server is shutting down.
     Shutdown,
 }
 
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed by the peer"),
+            End::Dropped => f.write_str("connection dropped"),
+            End::Dead => f.write_str("keepalive timeout: the peer answered no ping"),
+            End::WriteFailed => f.write_str("write failed or timed out: the peer does not read"),
+            End::Protocol(kind) => write!(f, "protocol error ({})", kind.label()),
+            End::Shutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
 /// Serves one connection until it ends.
-pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, abandon: Duration) {
+pub async fn serve(
+    socket: WebSocket,
+    member: Member,
+    shared: Arc<Shared>,
+    abandon: Duration,
+) -> End {
     let keepalive = shared.config.keepalive();
     // A peer that takes no reply for two keepalive intervals is as dead as
     // one that answers no ping (its writes would otherwise block forever).
@@ -100,21 +126,21 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                     heard = Instant::now();
                 } else if heard.elapsed() > keepalive * 2 {
                     shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    break End::Gone;
+                    break End::Dead;
                 }
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         let e = ProtocolError::new(ErrorKind::BinaryFrame, "binary frames are not supported");
                         peer.fail(e).await;
-                        break End::Error;
+                        break End::Protocol(ErrorKind::BinaryFrame);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Err(e)) if too_long(&e) => {
                         let max = shared.config.max_message_bytes;
                         let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
                         peer.fail(e).await;
-                        break End::Error;
+                        break End::Protocol(ErrorKind::Limit);
                     }
                     Some(Err(e)) => {
                         // A frame the WebSocket layer refused: say why with
@@ -122,17 +148,19 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                         if let Some((code, reason)) = close_code(&e) {
                             shared.metrics.protocol_error(ErrorKind::Frame);
                             let _ = peer.close(code, reason).await;
-                            break End::Error;
+                            break End::Protocol(ErrorKind::Frame);
                         }
-                        break End::Gone;
+                        break End::Dropped;
                     }
-                    Some(Ok(Message::Close(_))) | None => break End::Gone,
+                    Some(Ok(Message::Close(_))) => break End::Closed,
+                    None => break End::Dropped,
                 };
                 let command = session.on_text(text.as_str(), &limits, || ns.next_id());
                 match command {
                     Err(e) => {
+                        let kind = e.kind;
                         peer.fail(e).await;
-                        break End::Error;
+                        break End::Protocol(kind);
                     }
                     Ok(Command::Lock { id, resources }) => {
                         let request = Request {
@@ -141,7 +169,7 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                             asked: Instant::now(),
                         };
                         if log_locks {
-                            tracing::info!(namespace = member.name(), id, ?resources, "lock");
+                            tracing::info!(id, resources = %resources_json(&resources), "lock");
                         }
                         let mut future: Pending = Box::pin(ns.lock.lock_owned_async(lock_set(&resources)));
                         // One poll fixes the request's place in line and
@@ -154,25 +182,25 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                                 count(&ns, &request, Where::Held);
                                 held = Some(Held { guard, request, since: Instant::now() });
                                 if peer.text(session.acquired()).await.is_err() {
-                                    break End::Gone;
+                                    break End::WriteFailed;
                                 }
                             }
                             Poll::Pending => {
                                 count(&ns, &request, Where::Waiting);
                                 pending = Some((future, request));
                                 if peer.text(session.enqueued()).await.is_err() {
-                                    break End::Gone;
+                                    break End::WriteFailed;
                                 }
                             }
                         }
                     }
                     Ok(Command::Release { id, was }) => {
                         if log_locks {
-                            tracing::info!(namespace = member.name(), id, ?was, "release");
+                            tracing::info!(id, was = was.name(), "release");
                         }
                         release(&ns, &shared, pending.take().map(|(_, r)| r), held.take());
                         if peer.text(session.released()).await.is_err() {
-                            break End::Gone;
+                            break End::WriteFailed;
                         }
                     }
                 }
@@ -185,16 +213,16 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
                 count(&ns, &request, Where::Held);
                 held = Some(Held { guard, request, since: Instant::now() });
                 if peer.text(session.acquired()).await.is_err() {
-                    break End::Gone;
+                    break End::WriteFailed;
                 }
             }
             _ = ping.tick() => {
                 if heard.elapsed() > keepalive * 2 {
                     shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    break End::Gone;
+                    break End::Dead;
                 }
                 if peer.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Gone;
+                    break End::WriteFailed;
                 }
             }
         }
@@ -205,10 +233,10 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
         drop(future);
         uncount(&ns, &request, Where::Waiting);
     }
-    let Some(held) = held else { return };
+    let Some(held) = held else { return end };
     if matches!(end, End::Shutdown) || abandon.is_zero() || *shared.shutdown.borrow() {
         release(&ns, &shared, None, Some(held));
-        return;
+        return end;
     }
     debug_assert_eq!(session.state(), State::Acquired);
     // Held while the connection ended: keep it for the abandon timeout, if
@@ -216,7 +244,7 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
     if !keep_abandoned(&ns, &shared) {
         shared.metrics.abandoned_refused.fetch_add(1, Relaxed);
         release(&ns, &shared, None, Some(held));
-        return;
+        return end;
     }
     shared.metrics.abandoned_locks.fetch_add(1, Relaxed);
     let keep = member.keep_for_lock();
@@ -231,6 +259,7 @@ pub async fn serve(socket: WebSocket, member: Member, shared: Arc<Shared>, aband
         shared.metrics.abandoned_now.fetch_sub(1, Relaxed);
         drop(keep);
     });
+    end
 }
 
 /// Counts one more abandoned lock in `ns` and overall, unless either count
@@ -254,6 +283,23 @@ fn keep_abandoned(ns: &crate::namespace::Namespace, shared: &Shared) -> bool {
         return false;
     }
     true
+}
+
+/// A request's resources as the protocol writes them (a JSON array), for
+/// the logs.
+fn resources_json(resources: &[(shardlock::Mode, Vec<String>)]) -> String {
+    let all: Vec<serde_json::Value> = resources
+        .iter()
+        .map(|(mode, path)| {
+            let kind = if *mode == shardlock::Mode::Read {
+                "read"
+            } else {
+                "write"
+            };
+            serde_json::json!({ "type": kind, "path": path })
+        })
+        .collect();
+    serde_json::Value::Array(all).to_string()
 }
 
 /// Where a request is, for the namespace's counters.

@@ -198,27 +198,44 @@ fn attack(
     let largest = {
         let attacking = attacking.clone();
         tokio::spawn(async move {
+            // Raw frames, so the client's state machine stays out. The
+            // server may cut an attacker off (under this load a 200 ms
+            // keepalive can find it slow); it then connects again.
             let url = format!("ws://{addr}/v1?namespace=soak&abandon-timeout-ms=0");
-            let mut client = Client::connect(&url).await.unwrap();
             let mut round = 0;
             while attacking.load(Ordering::Relaxed) {
-                let message = common::largest_lock(64, 32, 64 * 1024, &format!("x{}", round % 3));
-                // Raw frames, so the client's state machine stays out.
-                let text = async |client: &mut Client| match client.recv_raw().await.unwrap() {
-                    shardlock_client::Frame::Text(t) => t,
-                    other => panic!("{other:?}"),
+                let Ok(mut client) = Client::connect(&url).await else {
+                    continue;
                 };
-                client.send_raw(&message).await.unwrap();
-                if text(&mut client).await.contains("enqueued") {
-                    let pushed = text(&mut client).await;
-                    assert!(pushed.contains("acquired"), "{pushed}");
+                while attacking.load(Ordering::Relaxed) {
+                    let message =
+                        common::largest_lock(64, 32, 64 * 1024, &format!("x{}", round % 3));
+                    round += 1;
+                    if client.send_raw(&message).await.is_err() {
+                        break;
+                    }
+                    let Ok(shardlock_client::Frame::Text(reply)) = client.recv_raw().await else {
+                        break;
+                    };
+                    if reply.contains("enqueued") {
+                        match client.recv_raw().await {
+                            Ok(shardlock_client::Frame::Text(t)) => {
+                                assert!(t.contains("acquired"), "{t}")
+                            }
+                            _ => break,
+                        }
+                    }
+                    if client.send_raw(r#"{"action":"release"}"#).await.is_err() {
+                        break;
+                    }
+                    match client.recv_raw().await {
+                        Ok(shardlock_client::Frame::Text(t)) => {
+                            assert!(t.contains("release"), "{t}")
+                        }
+                        _ => break,
+                    }
                 }
-                client.send_raw(r#"{"action":"release"}"#).await.unwrap();
-                let released = text(&mut client).await;
-                assert!(released.contains("release"), "{released}");
-                round += 1;
             }
-            client.close().await.unwrap();
         })
     };
     let abandoner = tokio::spawn(async move {
