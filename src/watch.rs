@@ -146,6 +146,22 @@ impl<T> Value<T> {
             value: f(&current.value),
         })
     }
+    /// Swaps in `f(current)` if it is `Some`, retrying on a concurrent
+    /// swap; returns the replaced entry, or `None` if `f` declined.
+    fn update_if(&self, mut f: impl FnMut(&T) -> Option<Arc<T>>) -> Option<Arc<Entry<T>>> {
+        let mut current = self.0.load_full();
+        loop {
+            let next = Arc::new(Entry {
+                version: current.version + 1,
+                value: f(&current.value)?,
+            });
+            let seen = self.0.compare_and_swap(&current, next);
+            if Arc::ptr_eq(&seen, &current) {
+                return Some(current);
+            }
+            current = arc_swap::Guard::into_inner(seen);
+        }
+    }
 }
 
 #[cfg(loom)]
@@ -176,6 +192,14 @@ impl<T> Value<T> {
             value: f(&entry.value),
         });
         std::mem::replace(&mut *entry, next)
+    }
+    fn update_if(&self, mut f: impl FnMut(&T) -> Option<Arc<T>>) -> Option<Arc<Entry<T>>> {
+        let mut entry = lock(&self.0);
+        let next = Arc::new(Entry {
+            version: entry.version + 1,
+            value: f(&entry.value)?,
+        });
+        Some(std::mem::replace(&mut *entry, next))
     }
 }
 
@@ -243,6 +267,41 @@ impl<T> Watch<T> {
         let old = self.shared.value.update(|current| Arc::new(f(current)));
         self.shared.publish(VERSION);
         drop(old);
+    }
+
+    /// Replaces the value, notifies subscribers, and returns the value it
+    /// replaced (tokio's `send_replace`).
+    pub fn send_replace(&self, value: T) -> Arc<T> {
+        let value = Arc::new(value);
+        let old = self.shared.value.update(|_| value.clone());
+        self.shared.publish(VERSION);
+        old.value.clone()
+    }
+
+    /// Changes a copy of the value with `f`; if `f` returns `true`, stores
+    /// it and notifies subscribers, else changes nothing and notifies no one
+    /// (tokio's `send_if_modified`). Read-copy-update: if another store
+    /// lands meanwhile, `f` runs again on a copy of the newer value. Returns
+    /// whether it stored.
+    pub fn send_if_modified(&self, mut f: impl FnMut(&mut T) -> bool) -> bool
+    where
+        T: Clone,
+    {
+        let old = self.shared.value.update_if(|current| {
+            let mut copy = current.clone();
+            f(&mut copy).then(|| Arc::new(copy))
+        });
+        let Some(old) = old else {
+            return false;
+        };
+        self.shared.publish(VERSION);
+        drop(old);
+        true
+    }
+
+    /// How many [`Subscriber`]s exist now.
+    pub fn receiver_count(&self) -> usize {
+        Arc::strong_count(&self.shared) - 1
     }
 
     /// The number of stores and updates so far.
@@ -323,6 +382,60 @@ pub struct Subscriber<T> {
 }
 
 impl<T> Subscriber<T> {
+    /// The current value, without marking it seen (tokio's `borrow`, kept
+    /// as an `Arc`).
+    pub fn load(&self) -> Arc<T> {
+        self.shared.value.load()
+    }
+
+    /// The current value lent briefly, without marking it seen (see
+    /// [`Watch::borrow`]).
+    pub fn borrow(&self) -> Ref<T> {
+        self.shared.value.borrow()
+    }
+
+    /// Whether the value changed since this subscriber last looked, without
+    /// marking it seen; `Err(Closed)` if not and it never will.
+    pub fn has_changed(&self) -> Result<bool, Closed> {
+        let state = self.shared.state.load(Acquire);
+        if state / VERSION > self.seen {
+            return Ok(true);
+        }
+        if state & CLOSED != 0 {
+            return Err(Closed);
+        }
+        Ok(false)
+    }
+
+    /// Marks the current value seen, so [`changed`](Self::changed) waits
+    /// for the next store.
+    pub fn mark_unchanged(&mut self) {
+        self.seen = self.seen.max(self.shared.value.entry().0);
+    }
+
+    /// Resolves with the first value, the current one included, for which
+    /// `predicate` holds, marking it seen; `Closed` if the `Watch` is gone
+    /// before one does (tokio's `wait_for`).
+    pub async fn wait_for(
+        &mut self,
+        mut predicate: impl FnMut(&T) -> bool,
+    ) -> Result<Arc<T>, Closed>
+    where
+        T: Send + Sync,
+    {
+        let (version, value) = self.shared.value.entry();
+        self.seen = self.seen.max(version);
+        if predicate(&value) {
+            return Ok(value);
+        }
+        loop {
+            let value = self.changed().await?;
+            if predicate(&value) {
+                return Ok(value);
+            }
+        }
+    }
+
     /// The latest value if it changed since this subscriber last looked;
     /// `Ok(None)` if not; `Err(Closed)` if it did not and never will.
     pub fn try_changed(&mut self) -> Result<Option<Arc<T>>, Closed> {

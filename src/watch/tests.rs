@@ -213,3 +213,69 @@ fn a_panicking_drop_of_the_old_value_loses_no_notification() {
         "the update was not notified"
     );
 }
+
+/// The calls a tokio `watch` user reaches for first (issue 18 item 4).
+#[test]
+fn tokio_style_calls_read_without_consuming_and_send_conditionally() {
+    let watch = Watch::new(vec![1]);
+    let mut sub = watch.subscribe();
+    assert_eq!(watch.receiver_count(), 1);
+    let other = sub.clone();
+    assert_eq!(watch.receiver_count(), 2);
+    drop(other);
+    // load, borrow and has_changed consume nothing.
+    let old = watch.send_replace(vec![2]);
+    assert_eq!(*old, [1]);
+    assert_eq!((&*sub.load(), &*sub.borrow()), (&vec![2], &vec![2]));
+    assert_eq!(sub.has_changed(), Ok(true));
+    assert_eq!(sub.has_changed(), Ok(true), "still unseen");
+    sub.mark_unchanged();
+    assert_eq!(
+        (sub.has_changed(), sub.try_changed()),
+        (Ok(false), Ok(None))
+    );
+    // send_if_modified stores and notifies only when `f` says so.
+    assert!(!watch.send_if_modified(|v| {
+        v.push(9); // a change that is not kept
+        false
+    }));
+    assert_eq!((watch.version(), sub.has_changed()), (1, Ok(false)));
+    assert_eq!(*watch.load(), [2]);
+    assert!(watch.send_if_modified(|v| {
+        v.push(3);
+        true
+    }));
+    assert_eq!(
+        (watch.version(), &*sub.try_changed().unwrap().unwrap()),
+        (2, &vec![2, 3])
+    );
+    drop(watch);
+    assert_eq!(sub.has_changed(), Err(Closed));
+}
+
+#[test]
+fn wait_for_checks_the_current_value_then_each_change() {
+    let watch = Watch::new(0);
+    let mut sub = watch.subscribe();
+    let (flag, waker) = flag_waker();
+    let mut cx = Context::from_waker(&waker);
+    // The current value satisfies it: ready at once.
+    let mut now = Box::pin(sub.wait_for(|v| *v == 0));
+    assert_eq!(now.as_mut().poll(&mut cx), Poll::Ready(Ok(Arc::new(0))));
+    drop(now);
+    let mut later = Box::pin(sub.wait_for(|v| *v >= 2));
+    assert!(later.as_mut().poll(&mut cx).is_pending());
+    watch.store(1);
+    assert!(flag.0.swap(false, Ordering::SeqCst));
+    assert!(
+        later.as_mut().poll(&mut cx).is_pending(),
+        "1 does not satisfy it"
+    );
+    watch.store(2);
+    assert_eq!(later.as_mut().poll(&mut cx), Poll::Ready(Ok(Arc::new(2))));
+    drop(later);
+    let mut never = Box::pin(sub.wait_for(|v| *v > 5));
+    assert!(never.as_mut().poll(&mut cx).is_pending());
+    drop(watch);
+    assert_eq!(never.as_mut().poll(&mut cx), Poll::Ready(Err(Closed)));
+}
