@@ -62,11 +62,11 @@ async fn measure(url: &str, connections: usize, args: &Args) -> Run {
             let (url, keys, read_percent) = (url.clone(), args.keys, args.read_percent);
             tokio::spawn(async move {
                 let mut client = Client::connect(&url).await.expect("connect");
-                let mut rng = rand::rngs::StdRng::from_entropy();
+                let mut rng = rand::rngs::StdRng::from_os_rng();
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
-                    let key = rng.gen_range(0..keys).to_string();
-                    let mode = if rng.gen_range(0..100) < read_percent {
+                    let key = rng.random_range(0..keys).to_string();
+                    let mode = if rng.random_range(0..100) < read_percent {
                         Mode::Read
                     } else {
                         Mode::Write

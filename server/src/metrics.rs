@@ -107,6 +107,12 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         };
+        let _ = writeln!(
+            out,
+            "# HELP shardlock_build_info The server's version.\n# TYPE shardlock_build_info gauge\n\
+             shardlock_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         gauge(
             &mut out,
             "shardlock_connections",
@@ -139,7 +145,9 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "shardlock_connections_total",
+            // Not `shardlock_connections_total`: under OpenMetrics that
+            // counter's family name would clash with the gauge above.
+            "shardlock_sessions_accepted_total",
             "Sessions accepted.",
             self.connections_total.load(Relaxed),
         );

@@ -389,6 +389,11 @@ async fn auth_tokens_connection_limits_and_metrics() {
         "shardlock_connections 2",
         "shardlock_namespaces 1",
         "shardlock_connections_rejected_total 1",
+        "shardlock_sessions_accepted_total 2",
+        &format!(
+            "shardlock_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
     ] {
         assert!(metrics.contains(line), "{line}: {metrics}");
     }

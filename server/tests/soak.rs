@@ -49,11 +49,13 @@ impl Ghost {
 
 fn random_set(rng: &mut impl Rng) -> Vec<Resource> {
     const SEGMENTS: [&str; 2] = ["a", "b"];
-    (0..rng.gen_range(1..=3))
+    (0..rng.random_range(1..=3))
         .map(|_| {
-            let depth = rng.gen_range(0..=2);
-            let path = (0..depth).map(|_| SEGMENTS[rng.gen_range(0..2)]).collect();
-            let mode = if rng.gen_bool(0.6) {
+            let depth = rng.random_range(0..=2);
+            let path = (0..depth)
+                .map(|_| SEGMENTS[rng.random_range(0..2)])
+                .collect();
+            let mode = if rng.random_bool(0.6) {
                 Mode::Read
             } else {
                 Mode::Write
@@ -113,7 +115,7 @@ async fn sixty_four_clients_lock_release_and_vanish() {
                         set.iter().map(|(m, p)| (*m, p.as_slice())).collect();
                     let reply = client.lock(&request).await.unwrap();
                     if reply.state == State::Enqueued {
-                        if rng.gen_bool(0.1) {
+                        if rng.random_bool(0.1) {
                             client.abort(); // vanish while waiting
                             client = Client::connect(&url).await.unwrap();
                             continue;
@@ -126,7 +128,7 @@ async fn sixty_four_clients_lock_release_and_vanish() {
                     ghost.enter(who, &set);
                     tokio::task::yield_now().await;
                     ghost.leave(who);
-                    if rng.gen_bool(0.1) {
+                    if rng.random_bool(0.1) {
                         client.abort(); // vanish while holding
                         client = Client::connect(&url).await.unwrap();
                     } else {

@@ -123,7 +123,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(id) => (StatusCode::NOT_FOUND, format!("no person with id {id}")),
         };
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+        crate::http_errors::json_error(status, message)
     }
 }
 
@@ -176,7 +176,8 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/person/get", get(get_by_body))
         .route("/person", get(list))
         .route("/person/{id}", get(get_one).put(put_one).delete(delete_one))
-        .fallback(|| async { ApiError::BadRequest("no such route".into()) })
+        .fallback(crate::http_errors::no_route)
+        .method_not_allowed_fallback(crate::http_errors::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_oversized))
         .with_state(store)

@@ -9,6 +9,8 @@
 //! * [`registers`]: a register machine whose writers run instructions under
 //!   `PathLock` sets, checked by replaying its log in fencing-id order
 //!   (`registers`, and over HTTP `registers-server`).
+//! * [`http_errors`]: the JSON errors both HTTP systems answer with.
+pub mod http_errors;
 pub mod kv;
 pub mod registers;
 pub mod shutdown;

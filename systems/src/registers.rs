@@ -207,16 +207,16 @@ impl Instr {
     /// A random instruction over registers `A..A+regs` and addresses
     /// `0..addrs` (few of each, for contention).
     pub fn random(rng: &mut impl Rng, regs: u8, addrs: Addr) -> Instr {
-        let reg = |rng: &mut dyn rand::RngCore| Reg(rng.gen_range(0..regs.clamp(1, 26)));
+        let reg = |rng: &mut dyn rand::RngCore| Reg(rng.random_range(0..regs.clamp(1, 26)));
         let (a, b) = (reg(rng), reg(rng));
-        let m = rng.gen_range(0..addrs.max(1));
-        match rng.gen_range(0..8) {
+        let m = rng.random_range(0..addrs.max(1));
+        match rng.random_range(0..8) {
             0 => Instr::Mov(a, b),
             1 => Instr::Add(a, b),
             2 => Instr::Sub(a, b),
             3 => Instr::Mul(a, b),
             4 => Instr::Div(a, b),
-            5 => Instr::Set(a, rng.gen_range(-100..100)),
+            5 => Instr::Set(a, rng.random_range(-100..100)),
             6 => Instr::Read(a, m),
             _ => Instr::Write(a, m),
         }

@@ -117,6 +117,17 @@ fn original_requests_rest_forms_errors_and_persistence() {
             (404, json!({"error": "no person with id 5"}))
         );
     }
+    // Unknown routes and wrong methods: JSON errors too, as registers-server's.
+    let (status, text) = call(http.get(&format!("{url}/nope")), None);
+    assert_eq!(
+        (status, json_of(&text)),
+        (404, json!({"error": "no route for /nope"}))
+    );
+    let (status, text) = call(http.post(&format!("{url}/person/5")), Some("{}"));
+    assert_eq!(
+        (status, json_of(&text)),
+        (405, json!({"error": "POST is not allowed on /person/5"}))
+    );
     let (status, _) = call(http.delete(&format!("{url}/person/7")), None);
     assert_eq!(status, 200);
     let (status, _) = call(http.get(&format!("{url}/person/7")), None);

@@ -72,6 +72,21 @@ fn the_server_serves_concurrent_clients_and_its_log_replays() {
     }
     let (status, _) = call(http.get(&format!("{url}/memory/x")), None);
     assert_eq!(status, 400);
+    // Unknown routes and wrong methods: JSON errors, as kv-store's.
+    for (request, want) in [
+        (
+            http.get(&format!("{url}/nope")),
+            (404, "no route for /nope"),
+        ),
+        (
+            http.get(&format!("{url}/exec")),
+            (405, "GET is not allowed on /exec"),
+        ),
+    ] {
+        let (status, text) = call(request, None);
+        let json: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert_eq!((status, json["error"].as_str().unwrap()), want);
+    }
 
     // Concurrent clients, text and JSON forms.
     std::thread::scope(|s| {

@@ -17,8 +17,10 @@ struct Args {
     /// Stop after this many seconds (else on Ctrl-C or SIGTERM).
     #[arg(long)]
     run_for: Option<f64>,
-    /// File the logger appends `<date>: <speed>, <location>` lines to.
-    #[arg(long, default_value = "car-telemetry.log")]
+    /// File the logger appends `<date>: <speed>, <location>` lines to
+    /// (default: `car-telemetry.log` in the system's temporary directory,
+    /// not the working directory).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("car-telemetry.log"))]
     log: PathBuf,
     /// Milliseconds between polls of the car.
     #[arg(long, default_value_t = 500)]

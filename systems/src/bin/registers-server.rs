@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use serde::Deserialize;
+use shardlock_systems::http_errors;
 use shardlock_systems::registers::{Addr, Instr, Machine};
 use shardlock_systems::shutdown;
 
@@ -42,8 +43,7 @@ struct BadRequest(String);
 
 impl IntoResponse for BadRequest {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.0 }));
-        (StatusCode::BAD_REQUEST, body).into_response()
+        http_errors::json_error(StatusCode::BAD_REQUEST, self.0)
     }
 }
 
@@ -102,6 +102,8 @@ fn app(machine: Arc<Machine>) -> Router {
         .route("/registers", get(registers))
         .route("/memory/{addr}", get(memory))
         .route("/log", get(log))
+        .fallback(http_errors::no_route)
+        .method_not_allowed_fallback(http_errors::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(4096))
         .with_state(machine)
 }

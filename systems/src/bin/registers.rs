@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
             .map(|w| {
                 let machine = &machine;
                 s.spawn(move || {
-                    let mut rng = rand::thread_rng();
+                    let mut rng = rand::rng();
                     for _ in 0..args.instructions {
                         let instr = Instr::random(&mut rng, args.registers, args.addresses);
                         let e = machine.exec(instr);
@@ -72,16 +72,7 @@ fn main() -> std::process::ExitCode {
     });
     let log = machine.log();
     let (registers, memory) = (machine.snapshot().registers, machine.memory());
-    let ok = match registers::replay_check(&log, &registers, &memory) {
-        Ok(n) => {
-            println!("replay check: OK ({n} instructions replayed in fencing-id order match the final state)");
-            true
-        }
-        Err(e) => {
-            println!("replay check: FAILED: {e}");
-            false
-        }
-    };
+    let replay = registers::replay_check(&log, &registers, &memory);
     let outcome = queue::run(args.strings, 2);
     let mut made = outcome.produced.clone();
     let mut taken: Vec<String> = outcome.consumed.iter().map(|(_, s)| s.clone()).collect();
@@ -97,6 +88,21 @@ fn main() -> std::process::ExitCode {
         } else {
             "MISMATCH"
         }
+    );
+    // The verdicts last, after the hundreds of lines above.
+    let ok = match replay {
+        Ok(n) => {
+            println!("replay check: OK ({n} instructions replayed in fencing-id order match the final state)");
+            true
+        }
+        Err(e) => {
+            println!("replay check: FAILED: {e}");
+            false
+        }
+    };
+    println!(
+        "verdict: {}",
+        if ok && exactly_once { "PASS" } else { "FAIL" }
     );
     if ok && exactly_once {
         std::process::ExitCode::SUCCESS

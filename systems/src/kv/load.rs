@@ -99,14 +99,14 @@ pub async fn run(addr: SocketAddr, config: &LoadConfig) -> std::io::Result<LoadR
                 let Ok(mut sender) = connect(addr).await else {
                     return (latencies, 1);
                 };
-                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
                 while Instant::now() < deadline {
-                    let id = rng.gen_range(0..config.keys.max(1));
+                    let id = rng.random_range(0..config.keys.max(1));
                     let began = Instant::now();
-                    let status = if rng.gen_range(0..100) < config.get_percent {
+                    let status = if rng.random_range(0..100) < config.get_percent {
                         send(&mut sender, Method::GET, &format!("/person/{id}"), None).await
                     } else {
-                        let body = format!(r#"{{"name":"renamed-{}"}}"#, rng.gen::<u32>());
+                        let body = format!(r#"{{"name":"renamed-{}"}}"#, rng.random::<u32>());
                         send(
                             &mut sender,
                             Method::PUT,

@@ -11,9 +11,9 @@ use shardlock::{RouterTable, Watch};
 
 /// A string of 4 to 10 lowercase letters.
 pub fn random_string(rng: &mut impl Rng) -> String {
-    let len = rng.gen_range(4..=10);
+    let len = rng.random_range(4..=10);
     (0..len)
-        .map(|_| char::from(rng.gen_range(b'a'..=b'z')))
+        .map(|_| char::from(rng.random_range(b'a'..=b'z')))
         .collect()
 }
 
@@ -56,7 +56,7 @@ pub fn run(total: u64, consumers: usize) -> Outcome {
                 })
                 .expect("spawn a consumer");
         }
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         let mut made = Vec::new();
         for key in 0..total {
             let item = random_string(&mut rng);
