@@ -15,6 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::epoch;
 use crate::line_table::{drop_garbage, InlineLine, Line, LineTable, Locked, Verdict};
 use crate::reentrancy::{self, Access};
+use crate::router_table::Compute;
 
 #[cfg(feature = "serde")]
 mod serde;
@@ -172,6 +173,21 @@ impl<K: Copy, V: Copy, S> InlineTable<K, V, S> {
         }
     }
 
+    /// How many entries the table holds before some shard grows.
+    pub fn capacity(&self) -> usize {
+        self.lines.capacity()
+    }
+
+    /// The keys, as copies (see [`iter`](Self::iter)).
+    pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The values, as copies (see [`iter`](Self::iter)).
+    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
     /// Every entry, copied with every shard locked at once (a consistent
     /// snapshot; writers wait meanwhile, readers do not).
     #[cfg(feature = "serde")]
@@ -313,6 +329,58 @@ where
         })
     }
 
+    /// Removes `key`; whether it was there.
+    pub fn delete<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove(key).is_some()
+    }
+
+    /// One atomic read-modify-write of `key`, as
+    /// [`RouterTable::compute`](crate::RouterTable::compute): `f` sees a
+    /// copy of the current value (or `None`) and decides to keep, put or
+    /// remove it; it runs under the shard's lock, at most once.
+    pub fn compute<R>(&self, key: K, f: impl FnOnce(Option<V>) -> Compute<V, R>) -> R {
+        let hash = self.hash(&key);
+        self.with_write(hash, |shard| {
+            let spot = shard.lookup(hash, |k| *k == key);
+            match f(spot.map(|spot| shard.value(spot))) {
+                Compute::Keep(result) => result,
+                Compute::Remove(result) => {
+                    if let Some(spot) = spot {
+                        shard.remove(spot, self.rehome());
+                    }
+                    result
+                }
+                Compute::Put(value, result) => {
+                    match spot {
+                        Some(spot) => shard.replace(spot, &key, &value),
+                        None => shard.insert_new(hash, &key, &value, self.rehome()),
+                    }
+                    result
+                }
+            }
+        })
+    }
+
+    /// Makes room for `additional` more entries than the table holds now
+    /// (see [`RouterTable::reserve`](crate::RouterTable::reserve)).
+    pub fn reserve(&self, additional: usize) {
+        let per_shard = additional.div_ceil(self.lines.shards());
+        let id = self.lines.id();
+        reentrancy::check(id, true);
+        for index in 0..self.lines.shards() {
+            let mut shard = self.lines.lock(index);
+            reentrancy::scoped(id, Access::Exclusive, || {
+                shard.reserve(per_shard, self.rehome())
+            });
+            drop_garbage(shard.finish());
+        }
+        self.lines.after_operation();
+    }
+
     /// Changes the value at `key` in place; `None` if `key` is absent. `f`
     /// runs on a copy under the shard's lock (see the type's docs), and the
     /// result is written whole; if `f` panics, nothing is written.
@@ -419,6 +487,28 @@ impl<'a, K: Copy, V: Copy, S> IntoIterator for &'a InlineTable<K, V, S> {
         self.iter()
     }
 }
+
+impl<K: Copy + Hash + Eq, V: Copy, S: BuildHasher + Clone> Clone for InlineTable<K, V, S> {
+    /// A table with the same shards, hasher and entries (copied one shard
+    /// at a time: weakly consistent while writers run).
+    fn clone(&self) -> Self {
+        let table = Self::with_shards(self.lines.shards(), self.len(), self.hasher.clone());
+        for (k, v) in self.iter() {
+            table.insert(k, v);
+        }
+        table
+    }
+}
+
+impl<K: Copy + Hash + Eq, V: Copy + PartialEq, S: BuildHasher> PartialEq for InlineTable<K, V, S> {
+    /// The same keys with equal values (compared one entry at a time: only
+    /// meaningful while neither table is written).
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(&k) == Some(v))
+    }
+}
+
+impl<K: Copy + Hash + Eq, V: Copy + Eq, S: BuildHasher> Eq for InlineTable<K, V, S> {}
 
 impl<K: Copy, V: Copy> Default for InlineTable<K, V> {
     fn default() -> Self {

@@ -40,7 +40,7 @@ mod test_support;
 
 pub use inline_table::InlineTable;
 pub use path_lock::{LockError, LockSet, Mode, OwnedPathGuard, PathGuard, PathLock, PathLockStats};
-pub use router_table::RouterTable;
+pub use router_table::{Compute, RouterTable};
 pub use sharded_rwlock::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
 pub use watch::{Closed, Ref, Subscriber, Watch};
 

@@ -462,6 +462,23 @@ impl<L: Line> LineTable<L> {
         drop_garbage(garbage);
     }
 
+    /// How many entries the shards hold before one of them grows: the sum
+    /// of their slots under the maximum load (read from the heads, no lock).
+    pub(crate) fn capacity(&self) -> usize {
+        self.heads
+            .iter()
+            .map(|head| {
+                let word = head.load(Ordering::Relaxed);
+                let lines = if word.is_null() {
+                    0
+                } else {
+                    1 << (word.addr() & 63)
+                };
+                lines * L::SLOTS * MAX_LOAD.0 / MAX_LOAD.1
+            })
+            .sum()
+    }
+
     /// Garbage retired and not yet freed, over every shard.
     pub(crate) fn retired(&self) -> usize {
         (0..self.shards())
@@ -686,6 +703,23 @@ impl<L: Line> Locked<'_, L> {
         let fresh = (min > 0).then(|| Array::new(min));
         self.publish(fresh, 0, true);
         self.set_live(0);
+    }
+
+    /// Makes room for `additional` more entries without growing, growing
+    /// now if needed.
+    pub(crate) fn reserve(
+        &mut self,
+        additional: usize,
+        rehome: impl Fn(&L::Key, &L::Value) -> u64,
+    ) {
+        let lines = self.lines().map_or(0, <[L]>::len);
+        let want = self.state.live.saturating_add(additional);
+        if want.saturating_mul(MAX_LOAD.1) > lines * L::SLOTS * MAX_LOAD.0 {
+            let len = lines_for::<L>(want)
+                .max(self.state.min_lines as usize)
+                .max(lines);
+            self.rebuild(len, rehome);
+        }
     }
 
     /// Makes room for one more entry: grows (or rebuilds, if too many lines

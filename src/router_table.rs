@@ -21,6 +21,19 @@ use crate::reentrancy::{self, Access};
 #[cfg(feature = "serde")]
 mod serde;
 
+/// What a `compute` closure decides for its key ([`RouterTable::compute`],
+/// [`InlineTable::compute`](crate::InlineTable::compute)), with what the
+/// call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute<V, R> {
+    /// Leave the entry as it is (present or absent).
+    Keep(R),
+    /// Store this value at the key (inserting or replacing).
+    Put(V, R),
+    /// Remove the entry, if there is one.
+    Remove(R),
+}
+
 /// How many shards a table gets (`InlineTable` too).
 pub(crate) fn default_shards() -> usize {
     if cfg!(loom) {
@@ -289,6 +302,61 @@ impl<K, V, S> RouterTable<K, V, S> {
     pub fn retired(&self) -> usize {
         reentrancy::check(self.id(), true);
         self.lines.retired()
+    }
+
+    /// How many entries the table holds before some shard grows (each
+    /// shard grows on its own, at 3/4 of its slots).
+    pub fn capacity(&self) -> usize {
+        self.lines.capacity()
+    }
+
+    /// The entries as clones, one shard at a time: each shard's entries are
+    /// cloned (pinned, taking no lock) when the iterator reaches it, so
+    /// nothing is held between `next`s and the iterator may be dropped at
+    /// any point. Weakly consistent, like [`for_each`](Self::for_each).
+    pub fn iter(&self) -> Iter<'_, K, V, S>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        Iter {
+            table: self,
+            next_shard: 0,
+            clones: Vec::new().into_iter(),
+        }
+    }
+
+    /// The keys, as clones (see [`iter`](Self::iter)).
+    pub fn keys(&self) -> impl Iterator<Item = K> + '_
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The values, as clones (see [`iter`](Self::iter)).
+    pub fn values(&self) -> impl Iterator<Item = V> + '_
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// Clones shard `index`'s entries into `out`.
+    fn clone_shard(&self, index: usize, out: &mut Vec<(K, V)>)
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.with_read(|guard| {
+            self.lines.read_shard(guard, index, |node, ()| {
+                // SAFETY: loaded from a line while pinned (`guard`).
+                let node = unsafe { node.node() };
+                out.push((node.key.clone(), node.value.clone()));
+            });
+        });
     }
 
     /// How many entries shard `index` holds before it grows.
@@ -603,7 +671,7 @@ where
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
-        self.remove_entry(key, |_| true)
+        self.remove_where(key, |v| Some(v.clone()))
     }
 
     /// Removes `key` if `f` approves its value, returning a clone of the
@@ -615,28 +683,100 @@ where
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
-        self.remove_entry(key, f)
+        self.remove_where(key, |v| f(v).then(|| v.clone()))
     }
 
-    /// Removes `key` if `approve` accepts its value; shrinks the shard if
-    /// that left it under 3/16 full.
-    fn remove_entry<Q>(&self, key: &Q, approve: impl FnOnce(&V) -> bool) -> Option<V>
+    /// Removes `key`, returning what `f` makes of its value (for any `V`:
+    /// no clone). `f` runs under the shard's write lock and may not use this
+    /// table; the value itself is dropped once no reader can see it.
+    pub fn remove_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
-        V: Clone,
+    {
+        self.remove_where(key, |v| Some(f(v)))
+    }
+
+    /// Removes `key`; whether it was there (for any `V`).
+    pub fn delete<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_where(key, |_| Some(())).is_some()
+    }
+
+    /// Removes `key` if `decide` returns `Some` for its value; shrinks the
+    /// shard if that left it under 3/16 full.
+    fn remove_where<Q, R>(&self, key: &Q, decide: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
         self.with_write(self.lines.shard_of(hash), |shard| {
             let spot = find(shard, hash, key)?;
-            let node = node_at(shard, spot);
-            if !approve(&node.value) {
-                return None;
-            }
-            let value = node.value.clone();
+            let result = decide(&node_at(shard, spot).value)?;
             shard.remove(spot, rehome);
-            Some(value)
+            Some(result)
         })
+    }
+
+    /// One atomic read-modify-write of `key`: `f` sees the current value
+    /// (or `None`) and decides to keep, put or remove it ([`Compute`]); the
+    /// call returns what `f` returned with its decision. `f` runs under the
+    /// shard's write lock (it may not use this table) and at most once; if
+    /// it panics, nothing changes. Nothing needs `Clone`: a put publishes
+    /// the new value whole, and the old one, like an unused `key`, is
+    /// dropped after the lock is released.
+    ///
+    /// ```
+    /// use shardlock::{Compute, RouterTable};
+    ///
+    /// let hits: RouterTable<&str, u64> = RouterTable::new();
+    /// let count = |t: &RouterTable<&str, u64>| t.compute("home", |n| {
+    ///     let next = n.map_or(1, |n| n + 1);
+    ///     Compute::Put(next, next)
+    /// });
+    /// assert_eq!((count(&hits), count(&hits)), (1, 2));
+    /// assert_eq!(hits.compute("home", |_| Compute::Remove("gone")), "gone");
+    /// assert!(hits.is_empty());
+    /// ```
+    pub fn compute<R>(&self, key: K, f: impl FnOnce(Option<&V>) -> Compute<V, R>) -> R {
+        let hash = self.hash(&key);
+        // Declared before the lock is taken, so dropped after it is released
+        // when unused (also if `f` or `K::eq` panics).
+        let mut unused_key = Some(key);
+        self.with_write(self.lines.shard_of(hash), |shard| {
+            let spot = find(shard, hash, unused_key.as_ref().expect("present"));
+            match f(spot.map(|spot| &node_at(shard, spot).value)) {
+                Compute::Keep(result) => result,
+                Compute::Remove(result) => {
+                    if let Some(spot) = spot {
+                        shard.remove(spot, rehome);
+                    }
+                    result
+                }
+                Compute::Put(value, result) => {
+                    let node = NodeRef::new(hash, unused_key.take().expect("present"), value);
+                    match spot {
+                        Some(spot) => shard.replace(spot, &node, &()),
+                        None => shard.insert_new(hash, &node, &(), rehome),
+                    }
+                    result
+                }
+            }
+        })
+    }
+
+    /// Makes room for `additional` more entries than the table holds now,
+    /// spread over its shards as the hash spreads keys, so that inserting
+    /// them does not grow a shard (unless keys fall unevenly).
+    pub fn reserve(&self, additional: usize) {
+        let per_shard = additional.div_ceil(self.lines.shards());
+        for index in 0..self.lines.shards() {
+            self.with_write(index, |shard| shard.reserve(per_shard, rehome));
+        }
     }
 
     /// The value at `key`, inserting `f()` first if `key` is absent.
@@ -720,6 +860,76 @@ where
         }
     }
 }
+
+/// The iterator of [`RouterTable::iter`]: yields `(K, V)` clones.
+pub struct Iter<'a, K, V, S> {
+    table: &'a RouterTable<K, V, S>,
+    next_shard: usize,
+    clones: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K: Clone, V: Clone, S> Iterator for Iter<'_, K, V, S> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        loop {
+            if let Some(entry) = self.clones.next() {
+                return Some(entry);
+            }
+            if self.next_shard == self.table.lines.shards() {
+                return None;
+            }
+            let mut clones = Vec::new();
+            self.table.clone_shard(self.next_shard, &mut clones);
+            self.next_shard += 1;
+            self.clones = clones.into_iter();
+        }
+    }
+}
+
+impl<'a, K: Clone, V: Clone, S> IntoIterator for &'a RouterTable<K, V, S> {
+    type Item = (K, V);
+    type IntoIter = Iter<'a, K, V, S>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<K, V, S> Clone for RouterTable<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// A table with the same shards, hasher and entries (cloned one shard
+    /// at a time: weakly consistent while writers run).
+    fn clone(&self) -> Self {
+        let table = Self::with_shards(self.shard_count(), self.len(), self.hasher.clone());
+        for (k, v) in self.iter() {
+            table.put(k, v, |_| ());
+        }
+        table
+    }
+}
+
+impl<K, V, S> PartialEq for RouterTable<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: PartialEq + Clone,
+    S: BuildHasher,
+{
+    /// The same keys with equal values (compared one entry at a time: only
+    /// meaningful while neither table is written).
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|(k, v)| other.get_with(&k, |w| *w == v).unwrap_or(false))
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Eq + Clone, S: BuildHasher> Eq for RouterTable<K, V, S> {}
 
 impl<K, V> Default for RouterTable<K, V> {
     fn default() -> Self {

@@ -145,3 +145,40 @@ fn a_panicking_retain_keeps_len_exact_and_leaves_no_lock() {
     table.insert(1000, 1); // the shard lock was released
     assert_eq!(table.len(), 52);
 }
+
+/// The RouterTable calls that apply to InlineTable (issue 18 item 3).
+#[test]
+fn delete_compute_keys_values_clone_eq_and_reserve() {
+    use crate::Compute;
+    let table: InlineTable<u64, u64> = InlineTable::new();
+    let bump = |t: &InlineTable<u64, u64>, k| {
+        t.compute(k, |n| {
+            let next = n.map_or(1, |n| n + 1);
+            Compute::Put(next, next)
+        })
+    };
+    assert_eq!(
+        (bump(&table, 7), bump(&table, 7), bump(&table, 8)),
+        (1, 2, 1)
+    );
+    assert_eq!(table.compute(8, Compute::Remove), Some(1));
+    assert_eq!(table.compute(9, Compute::Keep), None);
+    assert!(table.delete(&7) && !table.delete(&7));
+    for k in 0..50 {
+        table.insert(k, k * 2);
+    }
+    let mut keys: Vec<u64> = table.keys().collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (0..50).collect::<Vec<_>>());
+    assert_eq!(
+        table.values().map(|v| v / 2).sum::<u64>(),
+        (0..50u64).sum::<u64>()
+    );
+    let copy = table.clone();
+    assert!(copy == table);
+    copy.update(&3, |v| *v += 1);
+    assert!(copy != table);
+    let reserved: InlineTable<u64, u64> = InlineTable::with_shards(2, 0, ahash::RandomState::new());
+    reserved.reserve(1_000);
+    assert!(reserved.capacity() >= 1_000, "{}", reserved.capacity());
+}

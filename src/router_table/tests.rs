@@ -263,3 +263,71 @@ fn get_many_matches_get() {
     let empty: RouterTable<u64, u64> = RouterTable::new();
     assert_eq!(empty.get_many([&1, &2]), [None, None]);
 }
+
+use super::Compute;
+
+/// Issue 18 item 3: what dashmap, papaya and scc users port from.
+#[test]
+fn removal_for_any_value_compute_iterators_clone_eq_and_reserve() {
+    // A value that is not Clone.
+    struct Conn(u32);
+    let conns: RouterTable<u32, Conn> = RouterTable::new();
+    conns.compute(1, |old| {
+        assert!(old.is_none());
+        Compute::Put(Conn(10), ())
+    });
+    conns.compute(2, |_| Compute::Put(Conn(20), ()));
+    assert_eq!(conns.remove_with(&1, |c| c.0), Some(10));
+    assert_eq!(conns.remove_with(&1, |c| c.0), None);
+    assert!(conns.delete(&2) && !conns.delete(&2));
+    assert!(conns.is_empty());
+
+    // compute: insert, update, keep, remove, atomically.
+    let counts: RouterTable<&str, u64> = RouterTable::new();
+    let bump = |t: &RouterTable<&str, u64>, k| {
+        t.compute(k, |n| {
+            let next = n.map_or(1, |n| n + 1);
+            Compute::Put(next, next)
+        })
+    };
+    assert_eq!(
+        (bump(&counts, "a"), bump(&counts, "a"), bump(&counts, "b")),
+        (1, 2, 1)
+    );
+    assert_eq!(counts.compute("a", |n| Compute::Keep(n.copied())), Some(2));
+    assert!(!counts.compute("z", |n| Compute::Remove(n.is_some())));
+    assert_eq!(
+        counts.compute("b", |n| Compute::Remove(n.copied())),
+        Some(1)
+    );
+    assert_eq!((counts.len(), counts.get(&"a")), (1, Some(2)));
+    // A panicking closure changes nothing and leaves no lock.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        counts.compute("a", |_| -> Compute<u64, ()> { panic!("no") })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(counts.get(&"a"), Some(2));
+    // User code under the lock may not call the table.
+    let nested = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        counts.compute("a", |_| Compute::Keep(counts.get(&"a")))
+    }));
+    assert!(nested.is_err(), "a call from compute's closure panics");
+
+    // Iterators with early exit; keys and values; Clone and PartialEq.
+    let table: RouterTable<u32, String> = (0..100).map(|i| (i, i.to_string())).collect();
+    assert_eq!(table.iter().take(3).count(), 3);
+    let mut keys: Vec<u32> = table.keys().collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (0..100).collect::<Vec<_>>());
+    assert_eq!(table.values().filter(|v| v.len() == 1).count(), 10);
+    let copy = table.clone();
+    assert!(copy == table);
+    copy.insert(5, "five".into());
+    assert!(copy != table);
+
+    // reserve and capacity.
+    let grown: RouterTable<u64, u64> = RouterTable::with_shards(4, 0, ahash::RandomState::new());
+    assert_eq!(grown.capacity(), 0);
+    grown.reserve(10_000);
+    assert!(grown.capacity() >= 10_000, "{}", grown.capacity());
+}
