@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::epoch;
-use crate::line_table::{drop_garbage, InlineLine, Line, LineTable, Locked, Verdict};
+use crate::line_table::{drop_garbage, InlineLine, Line, LineTable, Locked, ShardByShard, Verdict};
 use crate::reentrancy::{self, Access};
 use crate::router_table::Compute;
 
@@ -168,8 +168,7 @@ impl<K: Copy, V: Copy, S> InlineTable<K, V, S> {
     pub fn iter(&self) -> Iter<'_, K, V, S> {
         Iter {
             table: self,
-            next_shard: 0,
-            copies: Vec::new().into_iter(),
+            shards: ShardByShard::new(self.lines.shards()),
         }
     }
 
@@ -455,27 +454,15 @@ where
 /// The iterator of [`InlineTable::iter`]: yields `(K, V)` copies.
 pub struct Iter<'a, K: Copy, V: Copy, S> {
     table: &'a InlineTable<K, V, S>,
-    next_shard: usize,
-    copies: std::vec::IntoIter<(K, V)>,
+    shards: ShardByShard<(K, V)>,
 }
 
 impl<K: Copy, V: Copy, S> Iterator for Iter<'_, K, V, S> {
     type Item = (K, V);
 
     fn next(&mut self) -> Option<(K, V)> {
-        loop {
-            if let Some(entry) = self.copies.next() {
-                return Some(entry);
-            }
-            if self.next_shard == self.table.lines.shards() {
-                return None;
-            }
-            let mut copies = std::mem::take(&mut self.copies).collect::<Vec<_>>();
-            copies.clear();
-            self.table.copy_shard(self.next_shard, &mut copies);
-            self.next_shard += 1;
-            self.copies = copies.into_iter();
-        }
+        let table = self.table;
+        self.shards.next(|index, out| table.copy_shard(index, out))
     }
 }
 

@@ -165,6 +165,41 @@ pub(crate) trait Line: Sized {
     }
 }
 
+/// The state of an iterator that copies (or clones) one shard's entries at
+/// a time, when it reaches that shard (both tables' `iter`).
+pub(crate) struct ShardByShard<T> {
+    next_shard: usize,
+    shards: usize,
+    buffer: std::vec::IntoIter<T>,
+}
+
+impl<T> ShardByShard<T> {
+    pub(crate) fn new(shards: usize) -> Self {
+        ShardByShard {
+            next_shard: 0,
+            shards,
+            buffer: Vec::new().into_iter(),
+        }
+    }
+
+    /// The next entry; `fill(index, out)` puts shard `index`'s entries in
+    /// `out` when the buffer runs dry.
+    pub(crate) fn next(&mut self, mut fill: impl FnMut(usize, &mut Vec<T>)) -> Option<T> {
+        loop {
+            if let Some(entry) = self.buffer.next() {
+                return Some(entry);
+            }
+            if self.next_shard == self.shards {
+                return None;
+            }
+            let mut entries = Vec::new();
+            fill(self.next_shard, &mut entries);
+            self.next_shard += 1;
+            self.buffer = entries.into_iter();
+        }
+    }
+}
+
 /// A bucket array, owned: freed (lines only, not what entries own) when
 /// dropped.
 pub(crate) struct Array<L: Line> {

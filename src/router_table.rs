@@ -15,7 +15,9 @@ use std::panic::{self, AssertUnwindSafe};
 
 use crate::epoch;
 use crate::line_table::node_line::{Node, NodeRef};
-use crate::line_table::{drop_garbage, Line, LineTable, Locked, NodeLine, Spot, Verdict};
+use crate::line_table::{
+    drop_garbage, Line, LineTable, Locked, NodeLine, ShardByShard, Spot, Verdict,
+};
 use crate::reentrancy::{self, Access};
 
 #[cfg(feature = "serde")]
@@ -321,8 +323,7 @@ impl<K, V, S> RouterTable<K, V, S> {
     {
         Iter {
             table: self,
-            next_shard: 0,
-            clones: Vec::new().into_iter(),
+            shards: ShardByShard::new(self.lines.shards()),
         }
     }
 
@@ -864,26 +865,15 @@ where
 /// The iterator of [`RouterTable::iter`]: yields `(K, V)` clones.
 pub struct Iter<'a, K, V, S> {
     table: &'a RouterTable<K, V, S>,
-    next_shard: usize,
-    clones: std::vec::IntoIter<(K, V)>,
+    shards: ShardByShard<(K, V)>,
 }
 
 impl<K: Clone, V: Clone, S> Iterator for Iter<'_, K, V, S> {
     type Item = (K, V);
 
     fn next(&mut self) -> Option<(K, V)> {
-        loop {
-            if let Some(entry) = self.clones.next() {
-                return Some(entry);
-            }
-            if self.next_shard == self.table.lines.shards() {
-                return None;
-            }
-            let mut clones = Vec::new();
-            self.table.clone_shard(self.next_shard, &mut clones);
-            self.next_shard += 1;
-            self.clones = clones.into_iter();
-        }
+        let table = self.table;
+        self.shards.next(|index, out| table.clone_shard(index, out))
     }
 }
 
