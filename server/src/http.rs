@@ -241,7 +241,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         shared.metrics.render(&shared.namespaces),
     )

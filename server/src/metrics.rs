@@ -1,55 +1,38 @@
-//! Prometheus metrics, rendered in the text exposition format.
-use std::fmt::Write;
+//! Prometheus metrics: counted in atomics where they happen, encoded by
+//! `prometheus-client` (the OpenMetrics text format) when scraped.
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram as PromHistogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry as Exposition;
 
 use crate::namespace::Registry;
 use crate::protocol::ErrorKind;
 
-/// A histogram of durations with fixed buckets (seconds).
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-const BOUNDS: &[f64] = &[
+/// Lock wait and hold times (seconds) fall in these buckets.
+const BOUNDS: [f64; 12] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
 ];
 
+/// A histogram of durations with fixed buckets (shared with the
+/// exposition: cloning it shares its counts).
+#[derive(Clone)]
+pub struct Histogram(PromHistogram);
+
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            bounds: BOUNDS,
-            counts: BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
+        Histogram(PromHistogram::new(BOUNDS))
     }
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
-            self.counts[i].fetch_add(1, Relaxed);
-        }
-        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.0.observe(d.as_secs_f64());
     }
 }
 
@@ -87,9 +70,9 @@ impl Metrics {
         self.protocol_errors[i].load(Relaxed)
     }
 
-    /// The exposition text, with gauges read from the namespaces now.
+    /// The exposition text (OpenMetrics), with gauges read from the
+    /// namespaces now.
     pub fn render(&self, namespaces: &Registry) -> String {
-        let mut out = String::new();
         let all = namespaces.all();
         let (mut held, mut waiting, mut tree_bytes) = (0, 0, 0);
         for (_, ns) in &all {
@@ -98,112 +81,115 @@ impl Metrics {
             waiting += stats.waiting;
             tree_bytes += ns.lock.node_bytes();
         }
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        let mut out = Exposition::default();
+        let gauge = |out: &mut Exposition, name: &str, help: &str, v: i64| {
+            out.register(name, help, ConstGauge::new(v));
         };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+        // Counters' names get `_total` from the encoder.
+        let counter = |out: &mut Exposition, name: &str, help: &str, v: u64| {
+            out.register(name, help, ConstCounter::new(v));
         };
-        let _ = writeln!(
-            out,
-            "# HELP shardlock_build_info The server's version.\n# TYPE shardlock_build_info gauge\n\
-             shardlock_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+        out.register(
+            "shardlock_build",
+            "The server's version",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
         );
         gauge(
             &mut out,
             "shardlock_connections",
-            "Open WebSocket sessions.",
+            "Open WebSocket sessions",
             self.connections.load(Relaxed),
         );
         gauge(
             &mut out,
             "shardlock_namespaces",
-            "Live namespaces.",
+            "Live namespaces",
             all.len() as i64,
         );
         gauge(
             &mut out,
             "shardlock_locks_held",
-            "Lock requests holding their locks.",
+            "Lock requests holding their locks",
             held as i64,
         );
         gauge(
             &mut out,
             "shardlock_locks_waiting",
-            "Lock requests waiting in line.",
+            "Lock requests waiting in line",
             waiting as i64,
         );
         gauge(
             &mut out,
             "shardlock_lock_tree_bytes",
-            "About the bytes of every namespace's lock tree nodes, idle cached ones included.",
+            "About the bytes of every namespace's lock tree nodes, idle cached ones included",
             tree_bytes as i64,
         );
+        // Not `shardlock_connections_total`: under OpenMetrics that
+        // counter's family name would clash with the gauge above.
         counter(
             &mut out,
-            // Not `shardlock_connections_total`: under OpenMetrics that
-            // counter's family name would clash with the gauge above.
-            "shardlock_sessions_accepted_total",
-            "Sessions accepted.",
+            "shardlock_sessions_accepted",
+            "Sessions accepted",
             self.connections_total.load(Relaxed),
         );
         counter(
             &mut out,
-            "shardlock_connections_rejected_total",
-            "Connections refused by a limit.",
+            "shardlock_connections_rejected",
+            "Connections refused by a limit",
             self.rejected_connections.load(Relaxed),
         );
         counter(
             &mut out,
-            "shardlock_dead_peers_total",
-            "Sessions closed for missing pongs.",
+            "shardlock_dead_peers",
+            "Sessions closed for missing pongs",
             self.dead_peers.load(Relaxed),
         );
         counter(
             &mut out,
-            "shardlock_abandoned_locks_total",
-            "Locks kept for the abandon timeout after their session ended.",
+            "shardlock_abandoned_locks",
+            "Locks kept for the abandon timeout after their session ended",
             self.abandoned_locks.load(Relaxed),
         );
         gauge(
             &mut out,
-            "shardlock_abandoned_locks",
-            "Abandoned locks kept now (bounded by --max-abandoned-locks).",
+            "shardlock_abandoned_locks_kept",
+            "Abandoned locks kept now (bounded by --max-abandoned-locks)",
             self.abandoned_now.load(Relaxed) as i64,
         );
         counter(
             &mut out,
-            "shardlock_abandoned_locks_refused_total",
-            "Locks released when their session ended because the abandoned-lock limits were full.",
+            "shardlock_abandoned_locks_refused",
+            "Locks released when their session ended because the abandoned-lock limits were full",
             self.abandoned_refused.load(Relaxed),
         );
-        let name = "shardlock_protocol_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Protocol errors, by kind.\n# TYPE {name} counter"
-        );
-        for kind in ErrorKind::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{kind=\"{}\"}} {}",
-                kind.label(),
-                self.protocol_errors(kind)
+        let by_kind =
+            Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default(
             );
+        for kind in ErrorKind::ALL {
+            by_kind
+                .get_or_create(&vec![("kind".to_string(), kind.label().to_string())])
+                .inc_by(self.protocol_errors(kind));
         }
-        self.lock_wait.render(
-            &mut out,
+        out.register(
+            "shardlock_protocol_errors",
+            "Protocol errors, by kind",
+            by_kind,
+        );
+        out.register(
             "shardlock_lock_wait_seconds",
-            "Time from a lock request to its grant.",
+            "Time from a lock request to its grant",
+            self.lock_wait.0.clone(),
         );
-        self.lock_hold.render(
-            &mut out,
+        out.register(
             "shardlock_lock_hold_seconds",
-            "Time from a grant to its release.",
+            "Time from a grant to its release",
+            self.lock_hold.0.clone(),
         );
-        out
+        let mut text = String::new();
+        encode(&mut text, &out).expect("writing to a String cannot fail");
+        text
     }
 }

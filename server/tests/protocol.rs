@@ -841,7 +841,7 @@ async fn abandoned_locks_are_bounded_in_time_and_number() {
     abandon("c", "1").await; // over the 3 overall: released at once
     let (_, metrics) = server.get("/metrics").await;
     for line in [
-        "\nshardlock_abandoned_locks 3\n",
+        "\nshardlock_abandoned_locks_kept 3\n",
         "\nshardlock_abandoned_locks_refused_total 2\n",
         "\nshardlock_abandoned_locks_total 3\n",
     ] {

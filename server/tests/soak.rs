@@ -156,7 +156,7 @@ async fn sixty_four_clients_lock_release_and_vanish() {
             "shardlock_namespaces 0",
             "shardlock_locks_held 0",
             "shardlock_locks_waiting 0",
-            "shardlock_abandoned_locks 0",
+            "shardlock_abandoned_locks_kept 0",
             "shardlock_lock_tree_bytes 0",
         ]
         .iter()
