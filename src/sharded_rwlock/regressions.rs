@@ -5,40 +5,49 @@
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ShardedReadGuard, ShardedRwLock, ShardedWriteGuard};
 use crate::test_support::{at_thread_exit, leak, leak_box};
 use crate::thread_index;
 
-/// Runs `f` on a thread with more live threads than any lock has own rows,
-/// so `f`'s reads go through the shared overflow row.
+/// Runs `f` on a thread whose index is past every lock's own rows, so its
+/// reads go through the shared overflow row. Threads are started until one
+/// gets such an index; each that gets a lower one holds it meanwhile (other
+/// tests' threads come and go in this process, so a fixed number of holders
+/// is not enough: an index one of them frees may be handed out next).
 fn on_an_overflow_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let holders = crate::raw_rwlock::default_rows() + 1;
-    let (alive, release) = (
-        Arc::new(Barrier::new(holders + 1)),
-        Arc::new(Barrier::new(holders + 1)),
-    );
-    let handles: Vec<_> = (0..holders)
-        .map(|_| {
-            let (alive, release) = (alive.clone(), release.clone());
-            std::thread::spawn(move || {
-                thread_index::current();
-                alive.wait();
-                release.wait();
-            })
-        })
-        .collect();
-    alive.wait();
-    let result = std::thread::spawn(move || {
-        assert!(thread_index::current() >= crate::raw_rwlock::default_rows());
-        f()
-    })
-    .join();
-    release.wait();
-    handles.into_iter().for_each(|h| h.join().unwrap());
-    result.unwrap()
+    let rows = crate::raw_rwlock::default_rows();
+    let f = Arc::new(std::sync::Mutex::new(Some(f)));
+    let mut holders: Vec<(std::thread::JoinHandle<Option<T>>, mpsc::Sender<()>)> = Vec::new();
+    loop {
+        let (release, released) = mpsc::channel::<()>();
+        let (told, tell) = mpsc::channel::<bool>();
+        let f = f.clone();
+        let handle = std::thread::spawn(move || {
+            if thread_index::current() < rows {
+                told.send(false).unwrap();
+                let _ = released.recv(); // hold the low index until the end
+                return None;
+            }
+            told.send(true).unwrap();
+            let f = f.lock().unwrap().take().expect("runs once");
+            Some(f())
+        });
+        if tell.recv().unwrap() {
+            let result = handle.join();
+            for (holder, release) in holders {
+                drop(release);
+                holder.join().unwrap();
+            }
+            match result {
+                Ok(value) => return value.expect("ran f"),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        holders.push((handle, release));
+    }
 }
 
 /// Item 1: an overflow thread's holds were keyed by the lock's address, so
