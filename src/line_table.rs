@@ -244,7 +244,7 @@ impl<L: Line> Array<L> {
     /// `word` came from [`Self::word`] of an array that was then leaked
     /// (published), and no one else takes it back.
     unsafe fn from_word(word: *mut L) -> Self {
-        let len = 1 << (word.addr() & 63);
+        let len = len_of(word);
         let base = NonNull::new(word.map_addr(|a| a & !63)).expect("not null");
         Array { base, len }
     }
@@ -272,6 +272,17 @@ impl<L: Line> Drop for Array<L> {
     }
 }
 
+/// How many lines the array of a head word has (0 for none): the log2 in
+/// its low bits. Reads the word only, never the array.
+#[inline(always)]
+fn len_of<L>(word: *mut L) -> usize {
+    if word.is_null() {
+        0
+    } else {
+        1 << (word.addr() & 63)
+    }
+}
+
 /// The lines a head word points to.
 ///
 /// # Safety
@@ -283,7 +294,7 @@ unsafe fn lines<'a, L>(word: *mut L) -> Option<&'a [L]> {
     if word.is_null() {
         return None;
     }
-    let len = 1 << (word.addr() & 63);
+    let len = len_of(word);
     // SAFETY: a non-null head came from `Array::word`: `len` initialised
     // lines, kept alive by the caller's contract.
     Some(unsafe { std::slice::from_raw_parts(word.map_addr(|a| a & !63), len) })
@@ -502,15 +513,7 @@ impl<L: Line> LineTable<L> {
     pub(crate) fn capacity(&self) -> usize {
         self.heads
             .iter()
-            .map(|head| {
-                let word = head.load(Ordering::Relaxed);
-                let lines = if word.is_null() {
-                    0
-                } else {
-                    1 << (word.addr() & 63)
-                };
-                lines * L::SLOTS * MAX_LOAD.0 / MAX_LOAD.1
-            })
+            .map(|head| len_of(head.load(Ordering::Relaxed)) * L::SLOTS * MAX_LOAD.0 / MAX_LOAD.1)
             .sum()
     }
 
