@@ -157,6 +157,56 @@ pub struct Config {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "LOCKTOPUS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Cluster mode: etcd's client URLs (`http://127.0.0.1:2379,...`).
+    /// Namespaces are then spread over the instances that share these
+    /// endpoints, and any instance serves any client (see the README's
+    /// "Running a cluster").
+    #[arg(long, env = "LOCKTOPUS_ETCD_ENDPOINTS", value_delimiter = ',',
+        requires = "advertise_url", value_parser = endpoint)]
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster mode: the `http://host:port` other instances reach this one
+    /// at (they forward clients there).
+    #[arg(long, env = "LOCKTOPUS_ADVERTISE_URL", value_parser = advertise_url)]
+    pub advertise_url: Option<String>,
+    /// Cluster mode: seconds of this instance's etcd lease. An instance
+    /// that dies loses its namespaces after about this long; one cut off
+    /// from etcd stops granting before then.
+    #[arg(long, env = "LOCKTOPUS_LEASE_TTL", default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_ttl: u64,
+    /// Cluster mode: the etcd key prefix (instances with the same prefix
+    /// and endpoints form one cluster).
+    #[arg(long, env = "LOCKTOPUS_ETCD_PREFIX", default_value = "/shardlock")]
+    pub etcd_prefix: String,
+}
+
+/// An etcd endpoint: `http://host:port` or `host:port`.
+fn endpoint(s: &str) -> Result<String, String> {
+    let bare = s.trim().trim_end_matches('/');
+    if bare.starts_with("https://") {
+        return Err(format!("`{s}`: TLS to etcd is not supported yet; use http://"));
+    }
+    let host_port = bare.strip_prefix("http://").unwrap_or(bare);
+    if host_port.is_empty() || host_port.contains('/') {
+        return Err(format!("`{s}` is not an etcd endpoint (http://host:port)"));
+    }
+    Ok(format!("http://{host_port}"))
+}
+
+/// An advertised URL: `http://host:port` (`ws://` is taken as `http://`).
+fn advertise_url(s: &str) -> Result<String, String> {
+    let bare = s.trim().trim_end_matches('/');
+    let host_port = bare
+        .strip_prefix("http://")
+        .or_else(|| bare.strip_prefix("ws://"))
+        .ok_or_else(|| {
+            format!("`{s}`: give http://host:port (TLS between instances is not supported yet)")
+        })?;
+    let port = host_port.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+    if host_port.contains('/') || !matches!(port, Some(Ok(p)) if p != 0) {
+        return Err(format!("`{s}` is not http://host:port with a port"));
+    }
+    Ok(format!("http://{host_port}"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -188,6 +238,19 @@ impl Config {
             (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// Cluster mode's settings, when `--etcd-endpoints` is given.
+    pub fn cluster(&self) -> Option<crate::cluster::Settings> {
+        if self.etcd_endpoints.is_empty() {
+            return None;
+        }
+        Some(crate::cluster::Settings {
+            endpoints: self.etcd_endpoints.clone(),
+            advertise: self.advertise_url.clone()?,
+            ttl: Duration::from_secs(self.lease_ttl),
+            prefix: self.etcd_prefix.trim_end_matches('/').to_owned(),
+        })
     }
 
     /// A configuration for tests: loopback, a free port, defaults otherwise.
@@ -258,6 +321,30 @@ mod tests {
             parse(&["--auth-token", "x"]).auth_token.as_deref(),
             Some("x")
         );
+    }
+
+    #[test]
+    fn cluster_flags() {
+        assert!(parse(&[]).cluster().is_none(), "single node by default");
+        let c = parse(&[
+            "--etcd-endpoints",
+            "127.0.0.1:2379,http://127.0.0.1:22379/",
+            "--advertise-url",
+            "ws://127.0.0.1:9011",
+        ]);
+        let s = c.cluster().unwrap();
+        assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]);
+        assert_eq!(s.advertise, "http://127.0.0.1:9011");
+        assert_eq!(s.ttl, Duration::from_secs(5));
+        let err = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("shardlock-server").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--etcd-endpoints", "127.0.0.1:2379"]).contains("advertise-url"));
+        let no_port = ["--etcd-endpoints", "x:1", "--advertise-url", "http://h"];
+        assert!(err(&no_port).contains("with a port"));
+        assert!(err(&["--lease-ttl", "1"]).contains("lease-ttl"));
     }
 
     #[test]

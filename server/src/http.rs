@@ -20,6 +20,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use crate::cluster::forward as cluster_forward;
+use crate::cluster::{Owner, Route, FORWARDED_HEADER};
+use crate::namespace::JoinError;
 use crate::Shared;
 
 /// The most namespace names `GET /` lists (the rest are counted).
@@ -127,6 +130,8 @@ async fn v1(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Params,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let namespace = match params.get("namespace") {
@@ -164,34 +169,46 @@ async fn v1(
     }
     // Count the session before upgrading, so the limit holds under races.
     let open = shared.metrics.connections.fetch_add(1, Relaxed);
-    let admitted = if open as usize >= shared.config.max_connections {
-        None
-    } else {
-        shared
-            .namespaces
-            .join(&namespace, shared.config.max_connections_per_namespace)
-            .ok()
-    };
-    let Some(member) = admitted else {
-        shared.metrics.connections.fetch_sub(1, Relaxed);
+    let session = SessionCount(shared.clone());
+    if open as usize >= shared.config.max_connections {
         shared.metrics.rejected_connections.fetch_add(1, Relaxed);
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    }
+    let claim = match &shared.cluster {
+        None => None,
+        Some(cluster) => {
+            let forwarded = headers.contains_key(FORWARDED_HEADER);
+            match cluster.route(&namespace, forwarded).await {
+                Route::Local(claim) => Some(claim),
+                Route::Forward(owner) => {
+                    let query = uri.query().unwrap_or_default();
+                    return forward(shared.clone(), session, peer, &owner, query, upgrade).await;
+                }
+                Route::Unavailable(why) => {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}"))
+                }
+            }
+        }
+    };
+    let member = match shared.namespaces.join(
+        &namespace,
+        shared.config.max_connections_per_namespace,
+        claim.as_ref(),
+    ) {
+        Ok(member) => member,
+        Err(JoinError::Full) => {
+            shared.metrics.rejected_connections.fetch_add(1, Relaxed);
+            return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
+        Err(JoinError::Fenced) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster: no cluster lease: this instance is fenced",
+            )
+        }
     };
     let id = shared.metrics.connections_total.fetch_add(1, Relaxed) + 1;
-    let session = SessionCount(shared.clone());
-    // v1 frames are small: a small read buffer (tungstenite zeroes its
-    // unused part on every read; the 128 KiB default cost a fifth of the
-    // CPU under load).
-    upgrade
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        // What may wait unsent for a peer that does not read: v1 replies
-        // and control frames are small. Without a cap, every ping of a peer
-        // that floods pings and never reads queued a pong (gigabytes); with
-        // it, tungstenite keeps only the latest pong unsent.
-        .max_write_buffer_size(WRITE_BUFFER_MAX)
-        .max_message_size(shared.config.max_message_bytes)
-        .max_frame_size(shared.config.max_message_bytes)
+    configure(upgrade, &shared)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
         .on_upgrade(move |socket| {
             // Every log line of the session carries its id, peer and
@@ -213,6 +230,59 @@ async fn v1(
         })
 }
 
+/// The socket settings of every session, direct or forwarded.
+fn configure(upgrade: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
+    // v1 frames are small: a small read buffer (tungstenite zeroes its
+    // unused part on every read; the 128 KiB default cost a fifth of the
+    // CPU under load).
+    upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        // What may wait unsent for a peer that does not read: v1 replies
+        // and control frames are small. Without a cap, every ping of a peer
+        // that floods pings and never reads queued a pong (gigabytes); with
+        // it, tungstenite keeps only the latest pong unsent.
+        .max_write_buffer_size(WRITE_BUFFER_MAX)
+        .max_message_size(shared.config.max_message_bytes)
+        .max_frame_size(shared.config.max_message_bytes)
+}
+
+/// Cluster mode: relays the session to the namespace's owner (see
+/// [`crate::cluster::forward`]).
+async fn forward(
+    shared: Arc<Shared>,
+    session: SessionCount,
+    peer: SocketAddr,
+    owner: &str,
+    query: &str,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let upstream = match cluster_forward::open(&shared, owner, query).await {
+        Ok(upstream) => upstream,
+        Err(response) => return response,
+    };
+    let cluster = shared.cluster.as_ref().expect("forwarding is cluster mode");
+    cluster.counters.forwarded_total.fetch_add(1, Relaxed);
+    let id = shared.metrics.connections_total.fetch_add(1, Relaxed) + 1;
+    let span = tracing::info_span!("forwarded", id, %peer, owner);
+    configure(upgrade, &shared)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| {
+            async move {
+                let shared = session.0.clone();
+                let cluster = shared.cluster.clone().expect("cluster mode");
+                cluster.counters.forwarded_open.fetch_add(1, Relaxed);
+                let end = cluster_forward::pump(socket, upstream, shared.clone()).await;
+                if shared.config.log_clients {
+                    tracing::info!(reason = %end, "forwarded session closed");
+                }
+                cluster.counters.forwarded_open.fetch_sub(1, Relaxed);
+                drop(session);
+            }
+            .instrument(span)
+        })
+}
+
 /// Decrements the open-session gauge when the session (or a failed
 /// upgrade) ends.
 struct SessionCount(Arc<Shared>);
@@ -224,13 +294,31 @@ impl Drop for SessionCount {
     }
 }
 
-async fn stats_v1(State(shared): State<Arc<Shared>>, Query(params): Params) -> Response {
+async fn stats_v1(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Params,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let Some(name) = params.get("namespace").filter(|n| !n.is_empty()) else {
         return text(
             StatusCode::BAD_REQUEST,
             "URL parameter 'namespace' is required",
         );
     };
+    // Cluster mode: the owner answers for its namespace.
+    if let Some(cluster) = &shared.cluster {
+        if !headers.contains_key(FORWARDED_HEADER) {
+            match cluster.owner(name).await {
+                Ok(Owner::Other(url)) => {
+                    let query = uri.query().unwrap_or_default();
+                    return cluster_forward::stats(&shared, &url, query).await;
+                }
+                Ok(Owner::Me | Owner::Nobody) => {}
+                Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}")),
+            }
+        }
+    }
     match shared.namespaces.stats(name) {
         None => text(StatusCode::NOT_FOUND, "Namespace not found"),
         Some(stats) => axum::Json(stats).into_response(),
@@ -243,7 +331,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(&shared.namespaces),
+        shared
+            .metrics
+            .render(&shared.namespaces, shared.cluster.as_deref()),
     )
         .into_response()
 }
@@ -251,6 +341,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     if *shared.shutdown.borrow() {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if shared.cluster.as_ref().is_some_and(|c| !c.ready()) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no cluster lease\n")
     } else {
         text(StatusCode::OK, "ok\n")
     }

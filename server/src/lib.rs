@@ -8,6 +8,8 @@
 //! * [`http`]: routes, auth and the accept loop.
 //! * [`config`]: the command line (Locktopus's flags and env variables).
 //! * [`tls`]: optional TLS with rustls.
+//! * [`cluster`]: cluster mode on etcd (ownership, fencing, forwarding).
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -34,12 +36,19 @@ pub struct Shared {
     http_open: std::sync::atomic::AtomicUsize,
     /// Notified whenever a session or an HTTP connection ends (for the drain).
     closed: tokio::sync::Notify,
+    /// Cluster mode's state (`None` on a single node).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Self> {
+        Shared::with_cluster(config, None)
+    }
+
+    pub fn with_cluster(config: Config, cluster: Option<Arc<cluster::Cluster>>) -> Arc<Self> {
         let idle_cache = 4 * config.max_message_bytes;
         Arc::new(Shared {
+            cluster,
             config,
             // Idle nodes per namespace: a small multiple of one message.
             namespaces: Arc::new(namespace::Registry::new(idle_cache)),
@@ -67,8 +76,30 @@ pub async fn run(
             let addr = std::net::SocketAddr::from((config.host, config.port));
             std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
         })?;
+    let cluster = match config.cluster() {
+        Some(settings) => Some(
+            cluster::Cluster::start(settings)
+                .await
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     on_bound(listener.local_addr()?);
-    let shared = Shared::new(config);
+    let shared = Shared::with_cluster(config, cluster);
+    if let Some(cluster) = &shared.cluster {
+        // Idle namespaces are given up, so etcd keeps keys for live ones.
+        let cluster = Arc::downgrade(cluster);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(cluster::RELEASE_IDLE_AFTER / 4);
+            loop {
+                ticks.tick().await;
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                cluster.sweep().await;
+            }
+        });
+    }
     if shared.config.stats_interval > 0 {
         let (shared, every) = (
             shared.clone(),
@@ -85,6 +116,10 @@ pub async fn run(
             }
         });
     }
-    http::serve(listener, tls, shared, stop).await;
+    http::serve(listener, tls, shared.clone(), stop).await;
+    if let Some(cluster) = &shared.cluster {
+        // Revoke the lease, so that the namespaces move at once.
+        cluster.leave().await;
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram as PromHistogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry as Exposition;
 
+use crate::cluster::Cluster;
 use crate::namespace::Registry;
 use crate::protocol::ErrorKind;
 
@@ -72,7 +73,7 @@ impl Metrics {
 
     /// The exposition text (OpenMetrics), with gauges read from the
     /// namespaces now.
-    pub fn render(&self, namespaces: &Registry) -> String {
+    pub fn render(&self, namespaces: &Registry, cluster: Option<&Cluster>) -> String {
         let all = namespaces.all();
         let (mut held, mut waiting, mut tree_bytes) = (0, 0, 0);
         for (_, ns) in &all {
@@ -188,6 +189,51 @@ impl Metrics {
             "Time from a grant to its release",
             self.lock_hold.0.clone(),
         );
+        if let Some(cluster) = cluster {
+            let c = &cluster.counters;
+            gauge(
+                &mut out,
+                "shardlock_cluster_lease_valid",
+                "1 while this instance holds a valid etcd lease (else it is fenced)",
+                i64::from(cluster.ready()),
+            );
+            gauge(
+                &mut out,
+                "shardlock_cluster_namespaces_owned",
+                "Namespaces this instance owns",
+                cluster.owned() as i64,
+            );
+            counter(
+                &mut out,
+                "shardlock_cluster_ownership_changes",
+                "Namespaces claimed, given up or lost by this instance",
+                c.ownership_changes.load(Relaxed),
+            );
+            counter(
+                &mut out,
+                "shardlock_cluster_leases_lost",
+                "Times this instance lost its lease and fenced",
+                c.leases_lost.load(Relaxed),
+            );
+            counter(
+                &mut out,
+                "shardlock_cluster_etcd_errors",
+                "etcd requests that failed",
+                c.etcd_errors.load(Relaxed),
+            );
+            counter(
+                &mut out,
+                "shardlock_cluster_forwarded_connections",
+                "Sessions forwarded to another instance",
+                c.forwarded_total.load(Relaxed),
+            );
+            gauge(
+                &mut out,
+                "shardlock_cluster_forwarded_open",
+                "Forwarded sessions open now",
+                c.forwarded_open.load(Relaxed),
+            );
+        }
         let mut text = String::new();
         encode(&mut text, &out).expect("writing to a String cannot fail");
         text

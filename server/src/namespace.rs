@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use shardlock::PathLock;
 
+use crate::cluster::Claim;
+
 /// One namespace's lock space and counters.
 #[derive(Default)]
 pub struct Namespace {
@@ -32,6 +34,9 @@ pub struct Namespace {
     pub segments_live: AtomicU64,
     /// Locks kept for their abandon timeout after their connection ended.
     pub abandoned: AtomicU64,
+    /// Cluster mode: this instance's claim on the namespace, which gives
+    /// the ids' term and says whether it may still grant.
+    claim: Option<Arc<Claim>>,
 }
 
 /// How many bytes of dropped namespaces' names are remembered exactly.
@@ -42,12 +47,23 @@ const HIGH_WATER_SLOTS: usize = 4096;
 impl Namespace {
     /// A namespace whose first lock id is `last_id + 1` and whose tree
     /// keeps at most about `idle_cache` bytes of idle nodes.
-    fn new(last_id: u64, idle_cache: usize) -> Namespace {
+    fn new(last_id: u64, idle_cache: usize, claim: Option<Arc<Claim>>) -> Namespace {
+        let floor = claim.as_ref().map_or(0, |c| c.floor());
         Namespace {
             lock: Arc::new(PathLock::with_idle_cache(idle_cache)),
-            last_id: AtomicU64::new(last_id),
+            last_id: AtomicU64::new(last_id.max(floor)),
+            claim,
             ..Namespace::default()
         }
+    }
+
+    /// Whether a lock may be granted now (always, but in cluster mode: while
+    /// this instance's claim and lease are valid, and the id is within its
+    /// term).
+    pub fn may_grant(&self) -> bool {
+        self.claim
+            .as_ref()
+            .is_none_or(|c| c.may_grant() && c.covers(self.last_id.load(Relaxed)))
     }
 
     /// The `stats_v1` of a dropped namespace: idle, its last id kept.
@@ -59,9 +75,21 @@ impl Namespace {
         }
     }
 
-    /// The next lock id: a per-namespace counter from 1.
+    /// The next lock id: a per-namespace counter from 1 (in cluster mode,
+    /// from the claim's term: `term << TERM_SHIFT | n`).
     pub fn next_id(&self) -> u64 {
-        self.last_id.fetch_add(1, Relaxed) + 1
+        let Some(claim) = &self.claim else {
+            return self.last_id.fetch_add(1, Relaxed) + 1;
+        };
+        let floor = claim.floor();
+        let step = |last: u64| last.max(floor) + 1;
+        let last = self
+            .last_id
+            .fetch_update(Relaxed, Relaxed, |last| Some(step(last)))
+            .unwrap_or_else(|last| last);
+        let id = step(last);
+        claim.on_id(id);
+        id
     }
 
     /// Locktopus's `stats_v1` body. Fields it derives from its own data
@@ -208,9 +236,14 @@ impl Dropped {
     }
 }
 
-/// Too many sessions in one namespace.
-#[derive(Debug)]
-pub struct NamespaceFull;
+/// Why a session could not join a namespace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    /// Too many sessions in it.
+    Full,
+    /// Cluster mode: the claim was revoked (the instance fenced).
+    Fenced,
+}
 
 impl Registry {
     /// No namespaces yet; each tree will keep at most about `idle_cache`
@@ -239,19 +272,39 @@ impl Registry {
         self.dropped().exact(name).map(Namespace::dropped_stats)
     }
 
-    /// Joins (creating if needed) namespace `name` as a session.
+    /// Joins (creating if needed) namespace `name` as a session; in
+    /// cluster mode, under `claim`.
     pub fn join(
         self: &Arc<Self>,
         name: &str,
         max_sessions: usize,
-    ) -> Result<Member, NamespaceFull> {
+        claim: Option<&Arc<Claim>>,
+    ) -> Result<Member, JoinError> {
         let mut entries = self.entries();
+        // Checked under the registry's lock: a fence revokes claims first,
+        // so a namespace made here under a revoked claim cannot appear.
+        if claim.is_some_and(|c| c.is_revoked()) {
+            return Err(JoinError::Fenced);
+        }
+        // A namespace left from an earlier claim (the instance fenced and
+        // claimed it again) is replaced; its sessions are closing.
+        let stale = entries.get(name).is_some_and(|e| {
+            match (&e.namespace.claim, claim) {
+                (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
+                (old, new) => old.is_some() != new.is_some(),
+            }
+        });
+        if stale {
+            let gone = entries.remove(name).expect("just found");
+            self.dropped()
+                .remember(name, gone.namespace.last_id.load(Relaxed));
+        }
         let entry = entries.entry(name.to_owned()).or_insert_with(|| {
             let mut dropped = self.dropped();
             let last_id = dropped.last_id(name);
             dropped.revive(name);
             Entry {
-                namespace: Arc::new(Namespace::new(last_id, self.idle_cache)),
+                namespace: Arc::new(Namespace::new(last_id, self.idle_cache, claim.cloned())),
                 sessions: 0,
                 refs: 0,
             }
@@ -262,7 +315,7 @@ impl Registry {
                 self.dropped()
                     .remember(name, gone.namespace.last_id.load(Relaxed));
             }
-            return Err(NamespaceFull);
+            return Err(JoinError::Full);
         }
         entry.sessions += 1;
         entry.refs += 1;
@@ -297,11 +350,14 @@ impl Registry {
         self.len() == 0
     }
 
-    fn leave(&self, name: &str, session: bool) {
+    fn leave(&self, name: &str, namespace: &Arc<Namespace>, session: bool) {
         let mut entries = self.entries();
-        let entry = entries
+        let Some(entry) = entries
             .get_mut(name)
-            .expect("a member's namespace is registered");
+            .filter(|e| Arc::ptr_eq(&e.namespace, namespace))
+        else {
+            return; // replaced (see `join`): nothing counts it any more
+        };
         entry.refs -= 1;
         if session {
             entry.sessions -= 1;
@@ -313,11 +369,16 @@ impl Registry {
         }
     }
 
-    fn retain(&self, name: &str) {
-        self.entries()
+    /// Counts one more reference to `namespace`, if it is still the one
+    /// registered under `name`.
+    fn retain(&self, name: &str, namespace: &Arc<Namespace>) {
+        if let Some(entry) = self
+            .entries()
             .get_mut(name)
-            .expect("a member's namespace is registered")
-            .refs += 1;
+            .filter(|e| Arc::ptr_eq(&e.namespace, namespace))
+        {
+            entry.refs += 1;
+        }
     }
 }
 
@@ -341,7 +402,7 @@ impl Member {
 
     /// A reference for a lock that outlives its session.
     pub fn keep_for_lock(&self) -> Member {
-        self.registry.retain(&self.name);
+        self.registry.retain(&self.name, &self.namespace);
         Member {
             registry: self.registry.clone(),
             name: self.name.clone(),
@@ -353,7 +414,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.registry.leave(&self.name, self.session);
+        self.registry.leave(&self.name, &self.namespace, self.session);
     }
 }
 
@@ -362,7 +423,7 @@ mod tests {
     use super::*;
 
     fn ids(registry: &Arc<Registry>, name: &str, n: usize) -> Vec<u64> {
-        let member = registry.join(name, 10).unwrap();
+        let member = registry.join(name, 10, None).unwrap();
         (0..n).map(|_| member.namespace().next_id()).collect()
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use shardlock::{LockError, OwnedPathGuard};
 
+use crate::cluster::{FENCED_CLOSE, FENCED_REASON};
 use crate::namespace::Member;
 use crate::protocol::{
     lock_set, Command, ErrorKind, ProtocolError, Session, State, PROTOCOL_ERROR_CLOSE,
@@ -55,6 +56,13 @@ pub enum End {
     Protocol(ErrorKind),
     /// The server is shutting down.
     Shutdown,
+    /// Cluster mode: this instance lost its lease (or the namespace's
+    /// claim); it stopped granting and closed with code 1012.
+    Fenced,
+    /// Forwarded: the namespace's owner closed the connection.
+    OwnerClosed,
+    /// Forwarded: the owner's connection ended without a close frame.
+    OwnerGone,
 }
 
 impl std::fmt::Display for End {
@@ -66,6 +74,9 @@ impl std::fmt::Display for End {
             End::WriteFailed => f.write_str("write failed or timed out: the peer does not read"),
             End::Protocol(kind) => write!(f, "protocol error ({})", kind.label()),
             End::Shutdown => f.write_str("server shutting down"),
+            End::Fenced => f.write_str("cluster lease lost: fenced"),
+            End::OwnerClosed => f.write_str("closed by the namespace's owner"),
+            End::OwnerGone => f.write_str("the namespace's owner went away"),
         }
     }
 }
@@ -80,17 +91,14 @@ pub async fn serve(
     let keepalive = shared.config.keepalive();
     // A peer that takes no reply for two keepalive intervals is as dead as
     // one that answers no ping (its writes would otherwise block forever).
-    let mut peer = Peer {
-        socket,
-        write_timeout: keepalive * 2,
-        shared: shared.clone(),
-    };
+    let mut peer = Peer::new(socket, keepalive * 2, shared.clone());
     let ns = member.namespace().clone();
     let limits = shared.config.limits();
     let mut session = Session::default();
     let mut pending: Option<(Pending, Request)> = None;
     let mut held: Option<Held> = None;
     let mut shutdown = shared.shutdown.subscribe();
+    let mut fences = shared.cluster.as_ref().map(|c| c.fences.subscribe());
     let mut ping = tokio::time::interval(keepalive);
     ping.tick().await;
     let mut heard = Instant::now();
@@ -103,6 +111,18 @@ pub async fn serve(
             let _ = peer.close(1001, "server shutting down").await;
             break End::Shutdown;
         }
+        if !ns.may_grant() {
+            let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
+            break End::Fenced;
+        }
+        let fenced = async {
+            match &mut fences {
+                Some(fences) => {
+                    let _ = fences.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let granted = async {
             match &mut pending {
                 Some((future, _)) => future.await,
@@ -117,6 +137,8 @@ pub async fn serve(
                 let _ = peer.close(1001, "server shutting down").await;
                 break End::Shutdown;
             }
+            // The loop's head closes the session if the fence voids it.
+            () = fenced => continue,
             frame = peer.socket.recv() => {
                 // Liveness is an answer to our pings or a message; a ping of
                 // its own says nothing (a peer that floods pings and never
@@ -178,6 +200,11 @@ pub async fn serve(
                         match first {
                             Poll::Ready(guard) => {
                                 let guard = guard.expect("a lock has resources");
+                                if !ns.may_grant() {
+                                    drop(guard);
+                                    let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
+                                    break End::Fenced;
+                                }
                                 shared.metrics.lock_wait.observe(request.asked.elapsed());
                                 count(&ns, &request, Where::Held);
                                 held = Some(Held { guard, request, since: Instant::now() });
@@ -208,6 +235,12 @@ pub async fn serve(
             guard = granted => {
                 let (_, request) = pending.take().expect("granted means pending");
                 let guard = guard.expect("a lock has resources");
+                if !ns.may_grant() {
+                    drop(guard);
+                    uncount(&ns, &request, Where::Waiting);
+                    let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
+                    break End::Fenced;
+                }
                 shared.metrics.lock_wait.observe(request.asked.elapsed());
                 uncount(&ns, &request, Where::Waiting);
                 count(&ns, &request, Where::Held);
@@ -234,7 +267,12 @@ pub async fn serve(
         uncount(&ns, &request, Where::Waiting);
     }
     let Some(held) = held else { return end };
-    if matches!(end, End::Shutdown) || abandon.is_zero() || *shared.shutdown.borrow() {
+    // A fenced instance keeps nothing: its locks are void.
+    if matches!(end, End::Shutdown | End::Fenced)
+        || abandon.is_zero()
+        || *shared.shutdown.borrow()
+        || !ns.may_grant()
+    {
         release(&ns, &shared, None, Some(held));
         return end;
     }
@@ -249,10 +287,25 @@ pub async fn serve(
     shared.metrics.abandoned_locks.fetch_add(1, Relaxed);
     let keep = member.keep_for_lock();
     let mut stop = shared.shutdown.subscribe();
+    let mut fences = shared.cluster.as_ref().map(|c| c.fences.subscribe());
     tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(abandon) => {}
-            _ = stop.changed() => {}
+        let sleep = tokio::time::sleep(abandon);
+        tokio::pin!(sleep);
+        loop {
+            let fenced = async {
+                match &mut fences {
+                    Some(fences) => {
+                        let _ = fences.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut sleep => break,
+                _ = stop.changed() => break,
+                // A fence releases it at once; another change does not.
+                () = fenced => if !keep.namespace().may_grant() { break },
+            }
         }
         release(keep.namespace(), &shared, None, Some(held));
         keep.namespace().abandoned.fetch_sub(1, Relaxed);
@@ -346,7 +399,7 @@ fn release(
 
 /// Whether a read failed on `--max-message-bytes` (the WebSocket layer's
 /// limit, so that an oversized message is never buffered whole).
-fn too_long(e: &axum::Error) -> bool {
+pub(crate) fn too_long(e: &axum::Error) -> bool {
     use tungstenite::error::{CapacityError, Error};
     matches!(
         std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>()),
@@ -359,7 +412,7 @@ fn too_long(e: &axum::Error) -> bool {
 /// breach of the framing (an unmasked client frame, a reserved opcode or
 /// bit, a control frame over 125 bytes or fragmented); `None` for a
 /// connection that simply failed.
-fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
+pub(crate) fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
     use tungstenite::error::Error;
     match std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>())? {
         Error::Utf8(_) => Some((1007, "text frame is not UTF-8")),
@@ -369,17 +422,25 @@ fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
 }
 
 /// The connection's socket, with every write bounded in time.
-struct Peer {
-    socket: WebSocket,
+pub(crate) struct Peer {
+    pub(crate) socket: WebSocket,
     write_timeout: Duration,
     shared: Arc<Shared>,
 }
 
 /// A write failed, or the peer took nothing for the write timeout.
-struct WriteFailed;
+pub(crate) struct WriteFailed;
 
 impl Peer {
-    async fn send(&mut self, message: Message) -> Result<(), WriteFailed> {
+    pub(crate) fn new(socket: WebSocket, write_timeout: Duration, shared: Arc<Shared>) -> Peer {
+        Peer {
+            socket,
+            write_timeout,
+            shared,
+        }
+    }
+
+    pub(crate) async fn send(&mut self, message: Message) -> Result<(), WriteFailed> {
         match tokio::time::timeout(self.write_timeout, self.socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteFailed),
@@ -395,13 +456,13 @@ impl Peer {
     }
 
     /// Reports a protocol error and closes with code 3000.
-    async fn fail(&mut self, e: ProtocolError) {
+    pub(crate) async fn fail(&mut self, e: ProtocolError) {
         self.shared.metrics.protocol_error(e.kind);
         let _ = self.text(e.frame()).await;
         let _ = self.close(PROTOCOL_ERROR_CLOSE, "").await;
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), WriteFailed> {
+    pub(crate) async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), WriteFailed> {
         let frame = CloseFrame {
             code,
             reason: reason.into(),

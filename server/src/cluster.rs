@@ -1,0 +1,515 @@
+//! Cluster mode: several instances share namespaces through etcd.
+//!
+//! Single-node mode needs none of this; it is on when `--etcd-endpoints`
+//! is given.
+//!
+//! # Protocol
+//!
+//! Keys, under `--etcd-prefix` (`/shardlock` by default):
+//!
+//! | key | value | lease | written by |
+//! |---|---|---|---|
+//! | `members/<lease id>` | the instance's `--advertise-url` | its lease | the instance, once per lease |
+//! | `owners/<namespace>` | the owner's `--advertise-url` | the owner's lease | the claim and its renewals |
+//!
+//! **Membership.** An instance grants itself a lease of `--lease-ttl`
+//! seconds, writes its member key under it and keeps it alive
+//! ([`lease`]). It counts the lease valid until `sent + ttl - margin`,
+//! where `sent` is when it *sent* the keepalive that etcd answered: etcd
+//! starts the TTL when it receives the keepalive, later than `sent`, so the
+//! instance's view of its lease ends before etcd's does, by at least the
+//! margin. While no lease is valid the instance is *fenced*: it grants
+//! nothing, refuses new sessions (503) and `/healthz` says not ready.
+//!
+//! **Ownership.** A namespace is owned by the instance whose key
+//! `owners/<namespace>` exists. A claim is one transaction: *if the key
+//! was never created, put it under my lease*. etcd serialises
+//! transactions, so at most one instance holds the key at a time, and the
+//! key dies with its owner's lease. Who *should* claim a free namespace is
+//! decided by rendezvous hashing over the member keys ([`rendezvous`]), so
+//! namespaces spread over the members; the claim, not the hash, is the
+//! truth. An instance asked for a namespace:
+//!
+//! * that it owns: serves it from memory, as a single node does;
+//! * that another instance owns: forwards the connection there
+//!   ([`forward`]);
+//! * that nobody owns: claims it if the hash picks it (or the request was
+//!   already forwarded once), else forwards to the instance the hash picks,
+//!   which claims it. A forwarded request is never forwarded again, so a
+//!   stale view costs a 503 and a retry, never a loop.
+//!
+//! An owner gives a namespace up ([`Cluster::sweep`]) when it has had no
+//! session and no abandoned lock for [`RELEASE_IDLE_AFTER`], deleting the key
+//! only if it is still its own write (`mod_revision` compare), so etcd
+//! holds keys for live namespaces only.
+//!
+//! **Fail closed.** Every grant checks that the namespace's claim belongs
+//! to the current lease and that the lease is valid *now*
+//! ([`Claim::may_grant`]). When the lease lapses (etcd unreachable, a
+//! partition, quorum lost) the instance fences at the deadline above:
+//! claims are revoked, every namespace is dropped, sessions close with code
+//! [`FENCED_CLOSE`] and abandoned locks are released. Since the deadline
+//! comes before etcd can expire the lease, and only then can another
+//! instance claim, two owners never grant in one namespace at once. The
+//! instance then asks for a new lease and revokes the old one, whose keys
+//! etcd would otherwise revive if it renewed leases on a leader change.
+//!
+//! **Fencing ids.** An owner's ids are `term << TERM_SHIFT | n`, where the
+//! term is the etcd revision at which it wrote its claim key and `n`
+//! counts from 1. etcd revisions only grow, and a new owner can write the
+//! key only after the old owner's key is gone, so its term is above every
+//! term before it: within a namespace, every id granted after a failover
+//! is greater than every id granted before it. A term has 2^24 ids; past
+//! half of them the owner rewrites its key (a *renewal*, guarded by the
+//! same `mod_revision` compare) and counts on from the new revision.
+//! Ids stay below 2^53 (exact in JavaScript) while the etcd revision is
+//! below 2^29.
+//!
+//! The integration tests in `server/tests/cluster.rs` check each rule on a
+//! real three-member etcd cluster: failover, partition, quorum loss,
+//! rolling restarts, and a soak with a ghost checker of fencing ids.
+pub mod forward;
+pub mod lease;
+pub mod rendezvous;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use shardlock::Watch;
+
+use lease::Lease;
+
+/// Ids of one term: `term << TERM_SHIFT | n`.
+pub const TERM_SHIFT: u32 = 24;
+/// Past this many ids in a term, the owner renews its claim.
+const RENEW_AT: u64 = 1 << (TERM_SHIFT - 1);
+/// An owner gives up a namespace idle this long.
+pub const RELEASE_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// The close code of sessions on a fenced instance (RFC 6455: service
+/// restart; the client may reconnect and lock again).
+pub const FENCED_CLOSE: u16 = 1012;
+pub const FENCED_REASON: &str = "lost its cluster lease: locks dropped, lock again";
+/// The header that marks a forwarded request (never forwarded again).
+pub const FORWARDED_HEADER: &str = "x-shardlock-forwarded";
+/// How many times a route is tried before giving up with a 503.
+const ROUTE_ATTEMPTS: usize = 8;
+
+/// The settings of cluster mode.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    /// `http://host:port` where the other instances reach this one.
+    pub advertise: String,
+    pub ttl: Duration,
+    pub prefix: String,
+}
+
+/// What the cluster counts (exposed on `/metrics`).
+#[derive(Default)]
+pub struct Counters {
+    pub ownership_changes: AtomicU64,
+    pub etcd_errors: AtomicU64,
+    pub forwarded_total: AtomicU64,
+    pub forwarded_open: AtomicI64,
+    pub leases_lost: AtomicU64,
+}
+
+/// One instance's view of the cluster.
+pub struct Cluster {
+    etcd: etcd_client::Client,
+    pub settings: Settings,
+    lease: Arc<Lease>,
+    /// Bumped every time the instance fences (sessions watch it).
+    pub fences: Watch<u64>,
+    claims: Mutex<HashMap<String, Arc<Claim>>>,
+    pub counters: Counters,
+    renewals: tokio::sync::mpsc::UnboundedSender<Arc<Claim>>,
+    /// Set on shutdown: no new lease is asked for.
+    leaving: AtomicBool,
+}
+
+/// This instance's ownership of one namespace, while it lasts.
+pub struct Claim {
+    name: String,
+    lease: Arc<Lease>,
+    /// The lease generation it was made under.
+    generation: u64,
+    /// Set when the instance fences (the claim is void from then on).
+    revoked: AtomicBool,
+    /// The revision of this instance's last write of the key.
+    revision: AtomicI64,
+    renewing: AtomicBool,
+    renewals: tokio::sync::mpsc::UnboundedSender<Arc<Claim>>,
+    /// When the namespace was last seen unused (see [`Cluster::sweep`]).
+    idle_since: Mutex<Option<Instant>>,
+}
+
+/// Where a request for a namespace goes.
+#[derive(Clone)]
+pub enum Route {
+    /// Served here, under this claim.
+    Local(Arc<Claim>),
+    /// Forwarded to the owner at this URL.
+    Forward(String),
+    /// Nowhere now (503, with the reason).
+    Unavailable(String),
+}
+
+/// Who owns a namespace, as etcd says (for `stats_v1`).
+pub enum Owner {
+    Me,
+    Other(String),
+    Nobody,
+}
+
+impl Claim {
+    /// The smallest id of the current term (ids given are above it).
+    pub fn floor(&self) -> u64 {
+        (self.revision.load(Relaxed) as u64) << TERM_SHIFT
+    }
+
+    /// Whether this claim may grant a lock now: not revoked, and the lease
+    /// it was made under is the current one and valid.
+    pub fn may_grant(&self) -> bool {
+        !self.revoked.load(Relaxed) && self.lease.valid(self.generation)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Relaxed)
+    }
+
+    /// Called with each id given: renews the term once half of it is used.
+    pub fn on_id(self: &Arc<Self>, id: u64) {
+        if id - self.floor().min(id) >= RENEW_AT && !self.renewing.swap(true, Relaxed) {
+            let _ = self.renewals.send(self.clone());
+        }
+    }
+
+    /// Whether `id` lies within the current term.
+    pub fn covers(&self, id: u64) -> bool {
+        id >> TERM_SHIFT == self.floor() >> TERM_SHIFT
+    }
+}
+
+impl Cluster {
+    /// Connects (lazily: etcd may be down) and starts keeping a lease.
+    pub async fn start(settings: Settings) -> Result<Arc<Cluster>, String> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(settings.ttl / 2)
+            // A member without a leader answers at once instead of hanging.
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(1), settings.ttl / 2);
+        let etcd = etcd_client::Client::connect(&settings.endpoints, Some(options))
+            .await
+            .map_err(|e| format!("etcd endpoints {:?}: {e}", settings.endpoints))?;
+        let (renewals, renew_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            etcd,
+            lease: Arc::new(Lease::new(settings.ttl)),
+            settings,
+            fences: Watch::new(0),
+            claims: Mutex::default(),
+            counters: Counters::default(),
+            renewals,
+            leaving: AtomicBool::new(false),
+        });
+        tokio::spawn(lease::keep(cluster.clone()));
+        tokio::spawn(renew(Arc::downgrade(&cluster), renew_rx));
+        Ok(cluster)
+    }
+
+    fn claims(&self) -> MutexGuard<'_, HashMap<String, Arc<Claim>>> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.settings.prefix)
+    }
+
+    fn etcd(&self) -> etcd_client::Client {
+        self.etcd.clone()
+    }
+
+    fn etcd_error(&self, what: &str, e: &etcd_client::Error) {
+        self.counters.etcd_errors.fetch_add(1, Relaxed);
+        tracing::warn!(error = %e, "etcd: {what} failed");
+    }
+
+    /// Whether the instance holds a valid lease now.
+    pub fn ready(&self) -> bool {
+        self.lease.valid(self.lease.generation())
+    }
+
+    /// Ends this instance's membership (on shutdown): fences and revokes
+    /// the lease, so that its namespaces move at once.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Relaxed);
+        lease::leave(self).await;
+    }
+
+    /// Namespaces owned now.
+    pub fn owned(&self) -> usize {
+        self.claims().len()
+    }
+
+    /// Where a request for `name` goes; `forwarded` if it was forwarded to
+    /// this instance already.
+    pub async fn route(&self, name: &str, forwarded: bool) -> Route {
+        let mut last = String::from("no cluster lease");
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20 << attempt.min(4))).await;
+            }
+            let Some((lease_id, generation)) = self.lease.current() else {
+                return Route::Unavailable("no cluster lease: this instance is fenced".into());
+            };
+            if let Some(claim) = self.claims().get(name) {
+                *claim.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Route::Local(claim.clone());
+            }
+            let key = self.key("owners", name);
+            let owner = match self.etcd().get(key.as_str(), None).await {
+                Ok(r) => r.kvs().first().map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                        kv.lease(),
+                    )
+                }),
+                Err(e) => {
+                    self.etcd_error("reading a namespace's owner", &e);
+                    last = format!("etcd unavailable: {e}");
+                    continue;
+                }
+            };
+            match owner {
+                // Mine under this lease but not in the map: a release is in
+                // flight. Wait for it.
+                Some((_, lease)) if lease == lease_id => continue,
+                // Mine under an old lease: left by an earlier fence.
+                Some((url, lease)) if url == self.settings.advertise => {
+                    let stale = Txn::new()
+                        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(key.as_str(), None)]);
+                    if let Err(e) = self.etcd().txn(stale).await {
+                        self.etcd_error("deleting a stale claim", &e);
+                    }
+                    continue;
+                }
+                Some((url, _)) if forwarded => {
+                    last = format!("namespace moved to {url}; retry");
+                    continue;
+                }
+                Some((url, _)) => return Route::Forward(url),
+                None => {}
+            }
+            if !forwarded {
+                match self.members().await {
+                    Ok(members) => match rendezvous::winner(&members, name) {
+                        Some(url) if *url != self.settings.advertise => {
+                            return Route::Forward(url.clone())
+                        }
+                        _ => {}
+                    },
+                    Err(e) => {
+                        self.etcd_error("listing members", &e);
+                        last = format!("etcd unavailable: {e}");
+                        continue;
+                    }
+                }
+            }
+            match self.claim(name, &key, lease_id, generation).await {
+                Ok(Some(claim)) => return Route::Local(claim),
+                Ok(None) => {} // someone else was first: route again
+                Err(e) => {
+                    self.etcd_error("claiming a namespace", &e);
+                    last = format!("etcd unavailable: {e}");
+                }
+            }
+        }
+        Route::Unavailable(last)
+    }
+
+    /// The advertised URLs of the live members.
+    async fn members(&self) -> Result<Vec<String>, etcd_client::Error> {
+        let prefix = self.key("members", "");
+        let r = self
+            .etcd()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .collect())
+    }
+
+    /// One claim transaction: `Some` if this instance now owns `name`.
+    async fn claim(
+        &self,
+        name: &str,
+        key: &str,
+        lease_id: i64,
+        generation: u64,
+    ) -> Result<Option<Arc<Claim>>, etcd_client::Error> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                self.settings.advertise.as_str(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let r = self.etcd().txn(txn).await?;
+        if !r.succeeded() {
+            return Ok(None);
+        }
+        let revision = r.header().map_or(0, |h| h.revision());
+        let claim = Arc::new(Claim {
+            name: name.to_owned(),
+            lease: self.lease.clone(),
+            generation,
+            revoked: AtomicBool::new(false),
+            revision: AtomicI64::new(revision),
+            renewing: AtomicBool::new(false),
+            renewals: self.renewals.clone(),
+            idle_since: Mutex::new(None),
+        });
+        // A fence since the lease was read voids the claim at once (the key
+        // dies with the old lease, or the next lease revokes it).
+        if self.lease.generation() != generation {
+            claim.revoked.store(true, Relaxed);
+            return Ok(Some(claim));
+        }
+        self.claims().insert(name.to_owned(), claim.clone());
+        self.counters.ownership_changes.fetch_add(1, Relaxed);
+        tracing::info!(namespace = name, term = revision, "claimed namespace");
+        Ok(Some(claim))
+    }
+
+    /// Who owns `name` now, without claiming it.
+    pub async fn owner(&self, name: &str) -> Result<Owner, String> {
+        if self.claims().contains_key(name) {
+            return Ok(Owner::Me);
+        }
+        let r = self
+            .etcd()
+            .get(self.key("owners", name), None)
+            .await
+            .map_err(|e| {
+                self.etcd_error("reading a namespace's owner", &e);
+                format!("etcd unavailable: {e}")
+            })?;
+        Ok(match r.kvs().first() {
+            None => Owner::Nobody,
+            Some(kv) => {
+                let url = String::from_utf8_lossy(kv.value()).into_owned();
+                if url == self.settings.advertise {
+                    Owner::Me
+                } else {
+                    Owner::Other(url)
+                }
+            }
+        })
+    }
+
+    /// Gives up the namespaces that have been unused (no claim reference
+    /// but the map's) for [`RELEASE_IDLE_AFTER`]; run periodically.
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let idle: Vec<Arc<Claim>> = {
+            let mut claims = self.claims();
+            let mut idle = Vec::new();
+            claims.retain(|_, claim| {
+                // Only the map refers to it, and routes clone it under the
+                // map's lock: it cannot be picked up while we look.
+                if Arc::strong_count(claim) > 1 {
+                    return true;
+                }
+                let mut since = claim.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+                match *since {
+                    None => *since = Some(now),
+                    Some(t) if now - t >= RELEASE_IDLE_AFTER => {
+                        idle.push(claim.clone());
+                        return false;
+                    }
+                    Some(_) => {}
+                }
+                true
+            });
+            idle
+        };
+        for claim in idle {
+            claim.revoked.store(true, Relaxed);
+            let key = self.key("owners", &claim.name);
+            let mine = claim.revision.load(Relaxed);
+            let release = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mine)])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            match self.etcd().txn(release).await {
+                Ok(_) => {
+                    self.counters.ownership_changes.fetch_add(1, Relaxed);
+                    tracing::debug!(namespace = claim.name, "released idle namespace");
+                }
+                // The key stays until the lease ends; routes meanwhile wait.
+                Err(e) => self.etcd_error("releasing a namespace", &e),
+            }
+        }
+    }
+
+    /// Fences: voids every claim. The caller drops the namespaces.
+    fn revoke_all(&self) -> usize {
+        let claims = std::mem::take(&mut *self.claims());
+        for claim in claims.values() {
+            claim.revoked.store(true, Relaxed);
+        }
+        claims.len()
+    }
+}
+
+/// Renews claims whose term is half used: rewrites the key, guarded by
+/// its last revision, and counts on from the new one.
+async fn renew(
+    cluster: std::sync::Weak<Cluster>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Arc<Claim>>,
+) {
+    while let Some(claim) = requests.recv().await {
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let Some((lease_id, generation)) = cluster.lease.current() else {
+            continue;
+        };
+        if claim.is_revoked() || generation != claim.generation {
+            continue;
+        }
+        let key = cluster.key("owners", &claim.name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                claim.revision.load(Relaxed),
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                cluster.settings.advertise.as_str(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        match cluster.etcd().txn(txn).await {
+            Ok(r) if r.succeeded() => {
+                let revision = r.header().map_or(0, |h| h.revision());
+                claim.revision.fetch_max(revision, Relaxed);
+                tracing::info!(namespace = claim.name, term = revision, "renewed term");
+            }
+            // The key is no longer this write: the claim is void (fail
+            // closed; the owner's sessions close at their next grant).
+            Ok(_) => {
+                claim.revoked.store(true, Relaxed);
+                tracing::warn!(namespace = claim.name, "term renewal refused: claim lost");
+            }
+            Err(e) => cluster.etcd_error("renewing a term", &e),
+        }
+        claim.renewing.store(false, Relaxed);
+    }
+}

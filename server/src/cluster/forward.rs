@@ -1,0 +1,247 @@
+//! Forwarding to a namespace's owner: a client's WebSocket, frame for
+//! frame, and `stats_v1`.
+//!
+//! The forwarder opens the owner's WebSocket *before* it accepts the
+//! client's, so the owner's HTTP answer (400, 401, 503) reaches the client
+//! as is. Then text and binary messages pass unchanged both ways, and so
+//! do close frames (code 3000 after a protocol error included); pushed
+//! `acquired` replies are relayed as they come. Pings are not relayed:
+//! each hop keeps itself alive, and the forwarder checks the client with
+//! the session's keepalive rule. A client that vanishes makes the forwarder
+//! drop the owner's connection without a close frame, so the owner sees
+//! what it would have seen from the client: its held lock waits out the
+//! abandon timeout. An owner that vanishes closes the client with
+//! [`OWNER_GONE_CLOSE`].
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame as UpClose, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self as ts, Message as Up};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::FORWARDED_HEADER;
+use crate::protocol::{ErrorKind, ProtocolError};
+use crate::session::{close_code, too_long, End, Peer};
+use crate::Shared;
+
+/// The close code when the owner's connection ends without a close frame.
+pub const OWNER_GONE_CLOSE: u16 = 1012;
+const OWNER_GONE_REASON: &str = "the namespace's owner went away: lock again";
+/// The most bytes of an owner's HTTP answer relayed.
+const ANSWER_MAX: usize = 1 << 20;
+
+type Upstream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `host:port` of an `http://host:port` URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// An HTTP answer of the owner, relayed: status, content type and body.
+fn relay(status: u16, content_type: Option<&HeaderValue>, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, body).into_response();
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    response
+}
+
+fn unreachable(owner: &str, e: impl std::fmt::Display) -> Response {
+    text(
+        StatusCode::BAD_GATEWAY,
+        format!("the namespace's owner {owner} is unreachable: {e}"),
+    )
+}
+
+/// Opens the owner's `/v1` with the client's query, or the response that
+/// tells the client why not.
+pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream, Response> {
+    let url = format!("ws://{}/v1?{query}", authority(owner));
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| unreachable(owner, e))?;
+    mark(request.headers_mut(), shared);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
+    let deadline = Duration::from_millis(shared.config.handshake_timeout.max(1));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(deadline, connect).await {
+        Ok(Ok((upstream, _))) => Ok(upstream),
+        Ok(Err(ts::Error::Http(answer))) => {
+            let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+            let status = answer.status().as_u16();
+            let mut body = answer.into_body().unwrap_or_default();
+            body.truncate(ANSWER_MAX);
+            Err(relay(status, content_type.as_ref(), body))
+        }
+        Ok(Err(e)) => Err(unreachable(owner, e)),
+        Err(_) => Err(unreachable(owner, "handshake timed out")),
+    }
+}
+
+/// Marks a request as forwarded, with this instance's token.
+fn mark(headers: &mut axum::http::HeaderMap, shared: &Shared) {
+    headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
+    if let Some(token) = &shared.config.auth_token {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+}
+
+/// `GET /stats_v1` of the owner, relayed.
+pub async fn stats(shared: &Shared, owner: &str, query: &str) -> Response {
+    match tokio::time::timeout(
+        Duration::from_millis(shared.config.handshake_timeout.max(1)),
+        get(shared, owner, &format!("/stats_v1?{query}")),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => unreachable(owner, e),
+        Err(_) => unreachable(owner, "timed out"),
+    }
+}
+
+async fn get(
+    shared: &Shared,
+    owner: &str,
+    path: &str,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let authority = authority(owner);
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(path)
+        .header(header::HOST, authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    mark(request.headers_mut(), shared);
+    let answer = sender.send_request(request).await?;
+    let (parts, body) = answer.into_parts();
+    let body = http_body_util::Limited::new(body, ANSWER_MAX)
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(relay(
+        parts.status.as_u16(),
+        parts.headers.get(header::CONTENT_TYPE),
+        body.to_vec(),
+    ))
+}
+
+fn up_close(frame: Option<CloseFrame>) -> Up {
+    Up::Close(frame.map(|f| UpClose {
+        code: CloseCode::from(f.code),
+        reason: f.reason.as_str().into(),
+    }))
+}
+
+/// Relays between the client and the owner until either ends.
+pub async fn pump(client: WebSocket, mut upstream: Upstream, shared: Arc<Shared>) -> End {
+    let keepalive = shared.config.keepalive();
+    let mut peer = Peer::new(client, keepalive * 2, shared.clone());
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut ping = tokio::time::interval(keepalive);
+    ping.tick().await;
+    let mut heard = Instant::now();
+    loop {
+        if *shared.shutdown.borrow() {
+            let _ = peer.close(1001, "server shutting down").await;
+            let _ = upstream.close(None).await;
+            return End::Shutdown;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => continue,
+            frame = peer.socket.recv() => {
+                if !matches!(frame, Some(Ok(Message::Ping(_)))) {
+                    heard = Instant::now();
+                } else if heard.elapsed() > keepalive * 2 {
+                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
+                    return End::Dead;
+                }
+                let message = match frame {
+                    Some(Ok(Message::Text(t))) => Up::Text(t.as_str().into()),
+                    Some(Ok(Message::Binary(b))) => Up::Binary(b),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        let _ = upstream.send(up_close(frame)).await;
+                        return End::Closed;
+                    }
+                    Some(Err(e)) if too_long(&e) => {
+                        let max = shared.config.max_message_bytes;
+                        let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
+                        peer.fail(e).await;
+                        let _ = upstream.close(None).await;
+                        return End::Protocol(ErrorKind::Limit);
+                    }
+                    Some(Err(e)) => {
+                        if let Some((code, reason)) = close_code(&e) {
+                            shared.metrics.protocol_error(ErrorKind::Frame);
+                            let _ = peer.close(code, reason).await;
+                            let _ = upstream.close(None).await;
+                            return End::Protocol(ErrorKind::Frame);
+                        }
+                        // Dropped: so is the owner's connection, unclosed.
+                        return End::Dropped;
+                    }
+                    None => return End::Dropped,
+                };
+                if upstream.send(message).await.is_err() {
+                    let _ = peer.close(OWNER_GONE_CLOSE, OWNER_GONE_REASON).await;
+                    return End::OwnerGone;
+                }
+            }
+            message = upstream.next() => {
+                let relayed = match message {
+                    Some(Ok(Up::Text(t))) => Message::Text(t.as_str().into()),
+                    Some(Ok(Up::Binary(b))) => Message::Binary(b),
+                    Some(Ok(Up::Close(frame))) => {
+                        let frame = frame.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() });
+                        let _ = peer.send(Message::Close(frame)).await;
+                        return End::OwnerClosed;
+                    }
+                    Some(Ok(Up::Ping(_) | Up::Pong(_) | Up::Frame(_))) => continue,
+                    Some(Err(_)) | None => {
+                        let _ = peer.close(OWNER_GONE_CLOSE, OWNER_GONE_REASON).await;
+                        return End::OwnerGone;
+                    }
+                };
+                if peer.send(relayed).await.is_err() {
+                    return End::WriteFailed;
+                }
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() > keepalive * 2 {
+                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
+                    return End::Dead;
+                }
+                if peer.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::WriteFailed;
+                }
+            }
+        }
+    }
+}
