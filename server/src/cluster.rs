@@ -273,12 +273,10 @@ impl Cluster {
             }
             let key = self.key("owners", name);
             let owner = match self.etcd().get(key.as_str(), None).await {
-                Ok(r) => r.kvs().first().map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.value()).into_owned(),
-                        kv.lease(),
-                    )
-                }),
+                Ok(r) => r
+                    .kvs()
+                    .first()
+                    .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
                 Err(e) => {
                     self.etcd_error("reading a namespace's owner", &e);
                     last = format!("etcd unavailable: {e}");

@@ -184,7 +184,9 @@ pub struct Config {
 fn endpoint(s: &str) -> Result<String, String> {
     let bare = s.trim().trim_end_matches('/');
     if bare.starts_with("https://") {
-        return Err(format!("`{s}`: TLS to etcd is not supported yet; use http://"));
+        return Err(format!(
+            "`{s}`: TLS to etcd is not supported yet; use http://"
+        ));
     }
     let host_port = bare.strip_prefix("http://").unwrap_or(bare);
     if host_port.is_empty() || host_port.contains('/') {
@@ -333,7 +335,10 @@ mod tests {
             "ws://127.0.0.1:9011",
         ]);
         let s = c.cluster().unwrap();
-        assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]);
+        assert_eq!(
+            s.endpoints,
+            ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+        );
         assert_eq!(s.advertise, "http://127.0.0.1:9011");
         assert_eq!(s.ttl, Duration::from_secs(5));
         let err = |args: &[&str]| {

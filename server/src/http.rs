@@ -315,7 +315,9 @@ async fn stats_v1(
                     return cluster_forward::stats(&shared, &url, query).await;
                 }
                 Ok(Owner::Me | Owner::Nobody) => {}
-                Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}")),
+                Err(why) => {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}"))
+                }
             }
         }
     }

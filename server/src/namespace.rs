@@ -288,12 +288,12 @@ impl Registry {
         }
         // A namespace left from an earlier claim (the instance fenced and
         // claimed it again) is replaced; its sessions are closing.
-        let stale = entries.get(name).is_some_and(|e| {
-            match (&e.namespace.claim, claim) {
+        let stale = entries
+            .get(name)
+            .is_some_and(|e| match (&e.namespace.claim, claim) {
                 (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
                 (old, new) => old.is_some() != new.is_some(),
-            }
-        });
+            });
         if stale {
             let gone = entries.remove(name).expect("just found");
             self.dropped()
@@ -414,7 +414,8 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.registry.leave(&self.name, &self.namespace, self.session);
+        self.registry
+            .leave(&self.name, &self.namespace, self.session);
     }
 }
 

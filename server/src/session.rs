@@ -462,7 +462,11 @@ impl Peer {
         let _ = self.close(PROTOCOL_ERROR_CLOSE, "").await;
     }
 
-    pub(crate) async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), WriteFailed> {
+    pub(crate) async fn close(
+        &mut self,
+        code: u16,
+        reason: &'static str,
+    ) -> Result<(), WriteFailed> {
         let frame = CloseFrame {
             code,
             reason: reason.into(),

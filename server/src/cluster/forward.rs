@@ -60,7 +60,9 @@ fn relay(status: u16, content_type: Option<&HeaderValue>, body: Vec<u8>) -> Resp
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, body).into_response();
     if let Some(ct) = content_type {
-        response.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, ct.clone());
     }
     response
 }

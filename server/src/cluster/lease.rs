@@ -157,7 +157,11 @@ async fn acquire(cluster: &Cluster) -> Option<i64> {
         return None;
     }
     cluster.lease.start(id, sent, granted.ttl());
-    tracing::info!(lease = id, ttl = granted.ttl(), "cluster lease granted: serving");
+    tracing::info!(
+        lease = id,
+        ttl = granted.ttl(),
+        "cluster lease granted: serving"
+    );
     Some(id)
 }
 
@@ -172,7 +176,10 @@ async fn hold(cluster: &Cluster, id: i64) {
         };
         tokio::time::sleep_until(next.min(deadline)).await;
         if Instant::now() >= deadline {
-            tracing::warn!(lease = id, "cluster lease deadline passed without a keepalive");
+            tracing::warn!(
+                lease = id,
+                "cluster lease deadline passed without a keepalive"
+            );
             return;
         }
         let sent = Instant::now();
@@ -187,7 +194,10 @@ async fn hold(cluster: &Cluster, id: i64) {
         .await;
         match answer {
             Err(_) => {
-                tracing::warn!(lease = id, "cluster lease deadline passed without a keepalive");
+                tracing::warn!(
+                    lease = id,
+                    "cluster lease deadline passed without a keepalive"
+                );
                 return;
             }
             Ok(Ok(Some(r))) if r.ttl() > 0 => {

@@ -6,7 +6,9 @@
 
 /// The member that should own `name`, if there are members.
 pub fn winner<'a>(members: &'a [String], name: &str) -> Option<&'a String> {
-    members.iter().max_by_key(|url| (score(url, name), url.as_str()))
+    members
+        .iter()
+        .max_by_key(|url| (score(url, name), url.as_str()))
 }
 
 fn score(member: &str, name: &str) -> u64 {
@@ -25,7 +27,9 @@ mod tests {
     use super::*;
 
     fn members(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("http://127.0.0.1:{}", 9000 + i)).collect()
+        (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 9000 + i))
+            .collect()
     }
 
     #[test]
