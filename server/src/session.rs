@@ -91,7 +91,7 @@ pub async fn serve(
     let keepalive = shared.config.keepalive();
     // A peer that takes no reply for two keepalive intervals is as dead as
     // one that answers no ping (its writes would otherwise block forever).
-    let mut peer = Peer::new(socket, keepalive * 2, shared.clone());
+    let mut peer = Peer::new(socket, keepalive, shared.clone());
     let ns = member.namespace().clone();
     let limits = shared.config.limits();
     let mut session = Session::default();
@@ -101,7 +101,6 @@ pub async fn serve(
     let mut fences = shared.cluster.as_ref().map(|c| c.fences.subscribe());
     let mut ping = tokio::time::interval(keepalive);
     ping.tick().await;
-    let mut heard = Instant::now();
     let log_locks = shared.config.log_locks;
 
     let end = loop {
@@ -140,42 +139,16 @@ pub async fn serve(
             // The loop's head closes the session if the fence voids it.
             () = fenced => continue,
             frame = peer.socket.recv() => {
-                // Liveness is an answer to our pings or a message; a ping of
-                // its own says nothing (a peer that floods pings and never
-                // reads would otherwise count as alive for good). Checked on
-                // every frame too, since a flood keeps this branch busy.
-                if !matches!(frame, Some(Ok(Message::Ping(_)))) {
-                    heard = Instant::now();
-                } else if heard.elapsed() > keepalive * 2 {
-                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    break End::Dead;
-                }
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
+                let text = match peer.incoming(frame).await {
+                    Incoming::Message(Message::Text(text)) => text,
+                    Incoming::Message(_) => {
                         let e = ProtocolError::new(ErrorKind::BinaryFrame, "binary frames are not supported");
                         peer.fail(e).await;
                         break End::Protocol(ErrorKind::BinaryFrame);
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Err(e)) if too_long(&e) => {
-                        let max = shared.config.max_message_bytes;
-                        let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
-                        peer.fail(e).await;
-                        break End::Protocol(ErrorKind::Limit);
-                    }
-                    Some(Err(e)) => {
-                        // A frame the WebSocket layer refused: say why with
-                        // the close code RFC 6455 gives it, where it has one.
-                        if let Some((code, reason)) = close_code(&e) {
-                            shared.metrics.protocol_error(ErrorKind::Frame);
-                            let _ = peer.close(code, reason).await;
-                            break End::Protocol(ErrorKind::Frame);
-                        }
-                        break End::Dropped;
-                    }
-                    Some(Ok(Message::Close(_))) => break End::Closed,
-                    None => break End::Dropped,
+                    Incoming::Skip => continue,
+                    Incoming::Close(_) => break End::Closed,
+                    Incoming::End(end) => break end,
                 };
                 let command = session.on_text(text.as_str(), &limits, || ns.next_id());
                 match command {
@@ -250,12 +223,8 @@ pub async fn serve(
                 }
             }
             _ = ping.tick() => {
-                if heard.elapsed() > keepalive * 2 {
-                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    break End::Dead;
-                }
-                if peer.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::WriteFailed;
+                if let Err(end) = peer.ping().await {
+                    break end;
                 }
             }
         }
@@ -399,7 +368,7 @@ fn release(
 
 /// Whether a read failed on `--max-message-bytes` (the WebSocket layer's
 /// limit, so that an oversized message is never buffered whole).
-pub(crate) fn too_long(e: &axum::Error) -> bool {
+fn too_long(e: &axum::Error) -> bool {
     use tungstenite::error::{CapacityError, Error};
     matches!(
         std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>()),
@@ -412,7 +381,7 @@ pub(crate) fn too_long(e: &axum::Error) -> bool {
 /// breach of the framing (an unmasked client frame, a reserved opcode or
 /// bit, a control frame over 125 bytes or fragmented); `None` for a
 /// connection that simply failed.
-pub(crate) fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
+fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
     use tungstenite::error::Error;
     match std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>())? {
         Error::Utf8(_) => Some((1007, "text frame is not UTF-8")),
@@ -421,27 +390,100 @@ pub(crate) fn close_code(e: &axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
-/// The connection's socket, with every write bounded in time.
+/// The connection's socket, with every write bounded in time, and its
+/// keepalive: a peer that answers no ping, or takes no write, for two
+/// keepalive intervals is dead.
 pub(crate) struct Peer {
     pub(crate) socket: WebSocket,
-    write_timeout: Duration,
+    keepalive: Duration,
+    /// When the peer was last heard from (not counting its own pings).
+    heard: Instant,
     shared: Arc<Shared>,
+}
+
+/// What a frame from the peer means, once its liveness is counted and
+/// frame errors are answered (see [`Peer::incoming`]).
+pub(crate) enum Incoming {
+    /// A text or binary message.
+    Message(Message),
+    /// A control frame: nothing to do.
+    Skip,
+    /// The peer closed.
+    Close(Option<CloseFrame>),
+    /// The session is over (already answered where there was an answer).
+    End(End),
 }
 
 /// A write failed, or the peer took nothing for the write timeout.
 pub(crate) struct WriteFailed;
 
 impl Peer {
-    pub(crate) fn new(socket: WebSocket, write_timeout: Duration, shared: Arc<Shared>) -> Peer {
+    pub(crate) fn new(socket: WebSocket, keepalive: Duration, shared: Arc<Shared>) -> Peer {
         Peer {
             socket,
-            write_timeout,
+            keepalive,
+            heard: Instant::now(),
             shared,
         }
     }
 
+    /// Reads one frame's meaning: counts liveness, and answers a frame the
+    /// WebSocket layer refused (a message over `--max-message-bytes` gets
+    /// the protocol's error and code 3000; a breach of the framing, the
+    /// close code RFC 6455 gives it).
+    pub(crate) async fn incoming(
+        &mut self,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Incoming {
+        // Liveness is an answer to our pings or a message; a ping of its
+        // own says nothing (a peer that floods pings and never reads would
+        // otherwise count as alive for good). Checked on every frame too,
+        // since a flood keeps the reading busy.
+        if !matches!(frame, Some(Ok(Message::Ping(_)))) {
+            self.heard = Instant::now();
+        } else if self.heard.elapsed() > self.keepalive * 2 {
+            self.shared.metrics.dead_peers.fetch_add(1, Relaxed);
+            return Incoming::End(End::Dead);
+        }
+        match frame {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => Incoming::Message(m),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Skip,
+            Some(Ok(Message::Close(frame))) => Incoming::Close(frame),
+            Some(Err(e)) if too_long(&e) => {
+                let max = self.shared.config.max_message_bytes;
+                let e = ProtocolError::new(
+                    ErrorKind::Limit,
+                    format!("message longer than {max} bytes"),
+                );
+                self.fail(e).await;
+                Incoming::End(End::Protocol(ErrorKind::Limit))
+            }
+            Some(Err(e)) => match close_code(&e) {
+                Some((code, reason)) => {
+                    self.shared.metrics.protocol_error(ErrorKind::Frame);
+                    let _ = self.close(code, reason).await;
+                    Incoming::End(End::Protocol(ErrorKind::Frame))
+                }
+                None => Incoming::End(End::Dropped),
+            },
+            None => Incoming::End(End::Dropped),
+        }
+    }
+
+    /// A keepalive tick: the peer is dead if unheard for two intervals;
+    /// else it is pinged.
+    pub(crate) async fn ping(&mut self) -> Result<(), End> {
+        if self.heard.elapsed() > self.keepalive * 2 {
+            self.shared.metrics.dead_peers.fetch_add(1, Relaxed);
+            return Err(End::Dead);
+        }
+        self.send(Message::Ping(Default::default()))
+            .await
+            .map_err(|WriteFailed| End::WriteFailed)
+    }
+
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(self.write_timeout, self.socket.send(message)).await {
+        match tokio::time::timeout(self.keepalive * 2, self.socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteFailed),
             Err(_) => {

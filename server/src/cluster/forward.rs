@@ -12,9 +12,8 @@
 //! what it would have seen from the client: its held lock waits out the
 //! abandon timeout. An owner that vanishes closes the client with
 //! [`OWNER_GONE_CLOSE`].
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -28,8 +27,7 @@ use tokio_tungstenite::tungstenite::{self as ts, Message as Up};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::FORWARDED_HEADER;
-use crate::protocol::{ErrorKind, ProtocolError};
-use crate::session::{close_code, too_long, End, Peer};
+use crate::session::{End, Incoming, Peer};
 use crate::Shared;
 
 /// The close code when the owner's connection ends without a close frame.
@@ -163,11 +161,10 @@ fn up_close(frame: Option<CloseFrame>) -> Up {
 /// Relays between the client and the owner until either ends.
 pub async fn pump(client: WebSocket, mut upstream: Upstream, shared: Arc<Shared>) -> End {
     let keepalive = shared.config.keepalive();
-    let mut peer = Peer::new(client, keepalive * 2, shared.clone());
+    let mut peer = Peer::new(client, keepalive, shared.clone());
     let mut shutdown = shared.shutdown.subscribe();
     let mut ping = tokio::time::interval(keepalive);
     ping.tick().await;
-    let mut heard = Instant::now();
     loop {
         if *shared.shutdown.borrow() {
             let _ = peer.close(1001, "server shutting down").await;
@@ -178,38 +175,21 @@ pub async fn pump(client: WebSocket, mut upstream: Upstream, shared: Arc<Shared>
             biased;
             _ = shutdown.changed() => continue,
             frame = peer.socket.recv() => {
-                if !matches!(frame, Some(Ok(Message::Ping(_)))) {
-                    heard = Instant::now();
-                } else if heard.elapsed() > keepalive * 2 {
-                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    return End::Dead;
-                }
-                let message = match frame {
-                    Some(Ok(Message::Text(t))) => Up::Text(t.as_str().into()),
-                    Some(Ok(Message::Binary(b))) => Up::Binary(b),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(frame))) => {
+                let message = match peer.incoming(frame).await {
+                    Incoming::Message(Message::Text(t)) => Up::Text(t.as_str().into()),
+                    Incoming::Message(Message::Binary(b)) => Up::Binary(b),
+                    Incoming::Message(_) | Incoming::Skip => continue,
+                    Incoming::Close(frame) => {
                         let _ = upstream.send(up_close(frame)).await;
                         return End::Closed;
                     }
-                    Some(Err(e)) if too_long(&e) => {
-                        let max = shared.config.max_message_bytes;
-                        let e = ProtocolError::new(ErrorKind::Limit, format!("message longer than {max} bytes"));
-                        peer.fail(e).await;
+                    // Dropped or dead: so is the owner's connection,
+                    // unclosed, as the owner would have seen the client's.
+                    Incoming::End(end @ (End::Dropped | End::Dead)) => return end,
+                    Incoming::End(end) => {
                         let _ = upstream.close(None).await;
-                        return End::Protocol(ErrorKind::Limit);
+                        return end;
                     }
-                    Some(Err(e)) => {
-                        if let Some((code, reason)) = close_code(&e) {
-                            shared.metrics.protocol_error(ErrorKind::Frame);
-                            let _ = peer.close(code, reason).await;
-                            let _ = upstream.close(None).await;
-                            return End::Protocol(ErrorKind::Frame);
-                        }
-                        // Dropped: so is the owner's connection, unclosed.
-                        return End::Dropped;
-                    }
-                    None => return End::Dropped,
                 };
                 if upstream.send(message).await.is_err() {
                     let _ = peer.close(OWNER_GONE_CLOSE, OWNER_GONE_REASON).await;
@@ -236,12 +216,8 @@ pub async fn pump(client: WebSocket, mut upstream: Upstream, shared: Arc<Shared>
                 }
             }
             _ = ping.tick() => {
-                if heard.elapsed() > keepalive * 2 {
-                    shared.metrics.dead_peers.fetch_add(1, Relaxed);
-                    return End::Dead;
-                }
-                if peer.send(Message::Ping(Default::default())).await.is_err() {
-                    return End::WriteFailed;
+                if let Err(end) = peer.ping().await {
+                    return end;
                 }
             }
         }
