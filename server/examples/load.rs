@@ -36,6 +36,9 @@ struct Args {
     /// whole of each measurement.
     #[arg(long)]
     long_held: bool,
+    /// The namespace measured (default: `load-<connections>`).
+    #[arg(long)]
+    namespace: Option<String>,
 }
 
 struct Run {
@@ -46,7 +49,8 @@ struct Run {
 }
 
 async fn measure(url: &str, connections: usize, args: &Args) -> Run {
-    let url = format!("{url}?namespace=load-{connections}&abandon-timeout-ms=0");
+    let namespace = (args.namespace.clone()).unwrap_or_else(|| format!("load-{connections}"));
+    let url = format!("{url}?namespace={namespace}&abandon-timeout-ms=0");
     // The long-held lock lives in the measured namespace, beside the others.
     let _long = if args.long_held {
         let mut c = Client::connect(&url).await.expect("connect");
