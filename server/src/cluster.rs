@@ -188,9 +188,10 @@ impl Claim {
         }
     }
 
-    /// Whether `id` lies within the current term.
+    /// Whether `id` lies within the current term or an earlier one (not
+    /// past the term's end, which would reach into the next revision's).
     pub fn covers(&self, id: u64) -> bool {
-        id >> TERM_SHIFT == self.floor() >> TERM_SHIFT
+        id >> TERM_SHIFT <= self.floor() >> TERM_SHIFT
     }
 }
 
@@ -509,5 +510,46 @@ async fn renew(
             Err(e) => cluster.etcd_error("renewing a term", &e),
         }
         claim.renewing.store(false, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(revision: i64) -> (Arc<Claim>, tokio::sync::mpsc::UnboundedReceiver<Arc<Claim>>) {
+        let (renewals, requests) = tokio::sync::mpsc::unbounded_channel();
+        let claim = Arc::new(Claim {
+            name: "ns".into(),
+            lease: Arc::new(Lease::new(Duration::from_secs(5))),
+            generation: 0,
+            revoked: AtomicBool::new(false),
+            revision: AtomicI64::new(revision),
+            renewing: AtomicBool::new(false),
+            renewals,
+            idle_since: Mutex::new(None),
+        });
+        (claim, requests)
+    }
+
+    #[test]
+    fn a_term_asks_for_renewal_once_half_used_and_ends_at_its_span() {
+        let (c, mut requests) = claim(7);
+        let floor = 7 << TERM_SHIFT;
+        assert_eq!(c.floor(), floor);
+        c.on_id(floor + 1);
+        assert!(requests.try_recv().is_err(), "no renewal early in a term");
+        c.on_id(floor + RENEW_AT);
+        c.on_id(floor + RENEW_AT + 1);
+        assert!(requests.try_recv().is_ok());
+        assert!(requests.try_recv().is_err(), "one request while one is in flight");
+        assert!(c.covers(floor + (1 << TERM_SHIFT) - 1));
+        assert!(!c.covers(floor + (1 << TERM_SHIFT)), "past the span");
+        // Renewed at a later revision: the old term's ids are still covered
+        // (they are below every new one), and the span moves on.
+        c.revision.store(9, Relaxed);
+        assert!(c.covers(floor + 5));
+        assert!(c.covers((9 << TERM_SHIFT) + 1));
+        assert!(!c.covers(10 << TERM_SHIFT));
     }
 }
