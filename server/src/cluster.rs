@@ -542,7 +542,10 @@ mod tests {
         c.on_id(floor + RENEW_AT);
         c.on_id(floor + RENEW_AT + 1);
         assert!(requests.try_recv().is_ok());
-        assert!(requests.try_recv().is_err(), "one request while one is in flight");
+        assert!(
+            requests.try_recv().is_err(),
+            "one request while one is in flight"
+        );
         assert!(c.covers(floor + (1 << TERM_SHIFT) - 1));
         assert!(!c.covers(floor + (1 << TERM_SHIFT)), "past the span");
         // Renewed at a later revision: the old term's ids are still covered
