@@ -122,13 +122,16 @@ pub struct Cluster {
     etcd: etcd_client::Client,
     pub settings: Settings,
     lease: Arc<Lease>,
-    /// Bumped every time the instance fences (sessions watch it).
+    /// Bumped whenever claims may have been voided (a fence, a refused
+    /// renewal): sessions and abandoned locks watch it and look again.
     pub fences: Watch<u64>,
     claims: Mutex<HashMap<String, Arc<Claim>>>,
     pub counters: Counters,
     renewals: tokio::sync::mpsc::UnboundedSender<Arc<Claim>>,
     /// Set on shutdown: no new lease is asked for.
     leaving: AtomicBool,
+    /// Idle claims whose release failed (tried again by the next sweep).
+    unreleased: Mutex<Vec<Arc<Claim>>>,
 }
 
 /// This instance's ownership of one namespace, while it lasts.
@@ -217,6 +220,7 @@ impl Cluster {
             counters: Counters::default(),
             renewals,
             leaving: AtomicBool::new(false),
+            unreleased: Mutex::default(),
         });
         tokio::spawn(lease::keep(cluster.clone()));
         tokio::spawn(renew(Arc::downgrade(&cluster), renew_rx));
@@ -439,7 +443,13 @@ impl Cluster {
             });
             idle
         };
-        for claim in idle {
+        // Releases that failed before are tried again (a route waits while
+        // its key is this lease's and not in the map).
+        let retried = std::mem::take(&mut *self.unreleased());
+        for claim in idle.into_iter().chain(retried) {
+            if claim.generation != self.lease.generation() {
+                continue; // the key died with its lease
+            }
             claim.revoked.store(true, Relaxed);
             let key = self.key("owners", &claim.name);
             let mine = claim.revision.load(Relaxed);
@@ -451,10 +461,16 @@ impl Cluster {
                     self.counters.ownership_changes.fetch_add(1, Relaxed);
                     tracing::debug!(namespace = claim.name, "released idle namespace");
                 }
-                // The key stays until the lease ends; routes meanwhile wait.
-                Err(e) => self.etcd_error("releasing a namespace", &e),
+                Err(e) => {
+                    self.etcd_error("releasing a namespace", &e);
+                    self.unreleased().push(claim);
+                }
             }
         }
+    }
+
+    fn unreleased(&self) -> MutexGuard<'_, Vec<Arc<Claim>>> {
+        self.unreleased.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fences: voids every claim. The caller drops the namespaces.
@@ -505,6 +521,16 @@ async fn renew(
             // closed; the owner's sessions close at their next grant).
             Ok(_) => {
                 claim.revoked.store(true, Relaxed);
+                let mut claims = cluster.claims();
+                if claims
+                    .get(&claim.name)
+                    .is_some_and(|c| Arc::ptr_eq(c, &claim))
+                {
+                    claims.remove(&claim.name);
+                }
+                drop(claims);
+                // Its sessions look again, find the claim void, and close.
+                cluster.fences.update(|n| n + 1);
                 tracing::warn!(namespace = claim.name, "term renewal refused: claim lost");
             }
             Err(e) => cluster.etcd_error("renewing a term", &e),

@@ -286,7 +286,13 @@ impl Instance {
 
     /// A metric's value from `/metrics` (the first sample of that name).
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(&format!("{}/metrics", self.http()))?;
+        let token = self
+            .extra
+            .iter()
+            .position(|a| a == "--auth-token")
+            .map(|i| format!("?token={}", self.extra[i + 1]))
+            .unwrap_or_default();
+        let (_, body) = http_get(&format!("{}/metrics{token}", self.http()))?;
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())

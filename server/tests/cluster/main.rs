@@ -263,6 +263,84 @@ async fn the_wire_passes_through_every_instance_byte_for_byte() {
     assert_eq!(owned, 3.0, "each namespace has exactly one owner");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_abandon_timeouts_and_limits_hold_through_a_forwarder() {
+    if !etcd_or_skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let args = ["--auth-token", "sesame", "--max-message-bytes", "1024"];
+    let cluster = Cluster::start(3, TTL, &args);
+    let ns = "fw";
+    let ws = |i: usize, query: &str| {
+        format!(
+            "ws://127.0.0.1:{}/v1?namespace={ns}&token=sesame{query}",
+            cluster.instances[i].port
+        )
+    };
+    // Claim it, then forward through another instance.
+    let mut first = connect(&ws(0, "")).await.unwrap();
+    first.lock(&[(W, &["warm"])]).await.unwrap();
+    let owner = cluster.owner(ns).await.unwrap();
+    let f = (owner + 1) % 3;
+    // The token is checked by the forwarder, and the forwarder's own token
+    // gets the session through the owner.
+    let bare = format!(
+        "ws://127.0.0.1:{}/v1?namespace={ns}",
+        cluster.instances[f].port
+    );
+    match connect(&bare).await.err() {
+        Some(Error::WebSocket(tungstenite::Error::Http(answer))) => {
+            assert_eq!(answer.status(), 401)
+        }
+        other => panic!("401 without the token, not {other:?}"),
+    }
+    // A holder that vanishes keeps its lock for its abandon timeout, as if
+    // it had been connected to the owner.
+    let mut a = connect(&ws(f, "&abandon-timeout-ms=1500")).await.unwrap();
+    assert_eq!(a.lock(&[(W, &["x"])]).await.unwrap().state, State::Acquired);
+    a.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = connect(&ws(f, "")).await.unwrap();
+    assert_eq!(b.lock(&[(W, &["x"])]).await.unwrap().state, State::Enqueued);
+    let pushed = tokio::time::timeout(Duration::from_secs(10), b.acquired()).await;
+    assert_eq!(pushed.unwrap().unwrap().state, State::Acquired);
+    // A release while enqueued withdraws at once, through the forwarder.
+    let mut c = connect(&ws(f, "")).await.unwrap();
+    assert_eq!(c.lock(&[(W, &["x"])]).await.unwrap().state, State::Enqueued);
+    assert_eq!(c.release().await.unwrap().state, State::Ready);
+    b.release().await.unwrap();
+    assert_eq!(c.lock(&[(W, &["x"])]).await.unwrap().state, State::Acquired);
+    // Too long a message: the protocol's error and 3000, from the forwarder.
+    let mut d = connect(&ws(f, "")).await.unwrap();
+    d.send_raw(&"x".repeat(2000)).await.unwrap();
+    let Frame::Text(error) = d.recv_raw().await.unwrap() else {
+        panic!("an error frame")
+    };
+    assert!(error.contains("longer than 1024 bytes"), "{error}");
+    assert_eq!(d.recv_raw().await.unwrap(), Frame::Close(Some(3000)));
+    // A binary frame reaches the owner, whose error comes back.
+    let (mut e, _) = tokio_tungstenite::connect_async(ws(f, "")).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    e.send(tungstenite::Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let error = e.next().await.unwrap().unwrap();
+    assert!(
+        error
+            .to_text()
+            .unwrap()
+            .starts_with("communication error: "),
+        "{error}"
+    );
+    match e.next().await.unwrap().unwrap() {
+        tungstenite::Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 3000),
+        other => panic!("close 3000, not {other:?}"),
+    }
+    let forwarded = cluster.instances[f].metric("shardlock_cluster_forwarded_connections_total");
+    assert!(forwarded.unwrap() >= 5.0);
+}
+
 /// Kills the owner of a busy namespace; the time until a client holds a
 /// lock of a new term.
 async fn failover_once(cluster: &mut Cluster, load: &Arc<Load>, ns: &str) -> Duration {
