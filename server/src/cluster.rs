@@ -105,6 +105,8 @@ pub struct Settings {
     pub advertise: String,
     pub ttl: Duration,
     pub prefix: String,
+    /// `--cluster-ca`: trusted when forwarding to `https://` instances.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// What the cluster counts (exposed on `/metrics`).
@@ -132,6 +134,8 @@ pub struct Cluster {
     leaving: AtomicBool,
     /// Idle claims whose release failed (tried again by the next sweep).
     unreleased: Mutex<Vec<Arc<Claim>>>,
+    /// For forwarding to instances that serve TLS.
+    pub tls: tokio_rustls::TlsConnector,
 }
 
 /// This instance's ownership of one namespace, while it lasts.
@@ -201,6 +205,7 @@ impl Claim {
 impl Cluster {
     /// Connects (lazily: etcd may be down) and starts keeping a lease.
     pub async fn start(settings: Settings) -> Result<Arc<Cluster>, String> {
+        let tls = crate::tls::connector(settings.ca.as_deref()).map_err(|e| e.to_string())?;
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(settings.ttl / 2)
@@ -221,6 +226,7 @@ impl Cluster {
             renewals,
             leaving: AtomicBool::new(false),
             unreleased: Mutex::default(),
+            tls,
         });
         tokio::spawn(lease::keep(cluster.clone()));
         tokio::spawn(renew(Arc::downgrade(&cluster), renew_rx));

@@ -178,6 +178,11 @@ pub struct Config {
     /// and endpoints form one cluster).
     #[arg(long, env = "LOCKTOPUS_ETCD_PREFIX", default_value = "/shardlock")]
     pub etcd_prefix: String,
+    /// Cluster mode: PEM certificates trusted when forwarding to instances
+    /// that serve TLS (`https://` advertised URLs); the webpki roots when
+    /// not given.
+    #[arg(long, env = "LOCKTOPUS_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
 }
 
 /// An etcd endpoint: `http://host:port` or `host:port`.
@@ -195,20 +200,24 @@ fn endpoint(s: &str) -> Result<String, String> {
     Ok(format!("http://{host_port}"))
 }
 
-/// An advertised URL: `http://host:port` (`ws://` is taken as `http://`).
+/// An advertised URL: `http://host:port`, or `https://host:port` for an
+/// instance that serves TLS (`ws://` and `wss://` are taken as these).
 fn advertise_url(s: &str) -> Result<String, String> {
     let bare = s.trim().trim_end_matches('/');
-    let host_port = bare
-        .strip_prefix("http://")
-        .or_else(|| bare.strip_prefix("ws://"))
-        .ok_or_else(|| {
-            format!("`{s}`: give http://host:port (TLS between instances is not supported yet)")
-        })?;
+    let (scheme, host_port) = [
+        ("http", "http://"),
+        ("http", "ws://"),
+        ("https", "https://"),
+        ("https", "wss://"),
+    ]
+    .iter()
+    .find_map(|(scheme, prefix)| Some((*scheme, bare.strip_prefix(prefix)?)))
+    .ok_or_else(|| format!("`{s}`: give http://host:port (https:// with TLS)"))?;
     let port = host_port.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
     if host_port.contains('/') || !matches!(port, Some(Ok(p)) if p != 0) {
-        return Err(format!("`{s}` is not http://host:port with a port"));
+        return Err(format!("`{s}` is not {scheme}://host:port with a port"));
     }
-    Ok(format!("http://{host_port}"))
+    Ok(format!("{scheme}://{host_port}"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -252,6 +261,7 @@ impl Config {
             advertise: self.advertise_url.clone()?,
             ttl: Duration::from_secs(self.lease_ttl),
             prefix: self.etcd_prefix.trim_end_matches('/').to_owned(),
+            ca: self.cluster_ca.clone(),
         })
     }
 
@@ -350,6 +360,8 @@ mod tests {
         let no_port = ["--etcd-endpoints", "x:1", "--advertise-url", "http://h"];
         assert!(err(&no_port).contains("with a port"));
         assert!(err(&["--lease-ttl", "1"]).contains("lease-ttl"));
+        let tls = parse(&["--etcd-endpoints", "x:1", "--advertise-url", "wss://h:9"]);
+        assert_eq!(tls.cluster().unwrap().advertise, "https://h:9");
     }
 
     #[test]

@@ -415,31 +415,9 @@ async fn shutdown_closes_sessions_with_1001_and_releases_their_locks() {
     assert_eq!(b.unwrap(), Frame::Close(Some(1001)));
 }
 
-/// A self-signed certificate for 127.0.0.1, written to PEM files, and a
-/// client configuration that trusts it.
-fn self_signed(name: &str) -> (String, String, std::sync::Arc<rustls::ClientConfig>) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let dir = std::env::temp_dir();
-    let stem = format!("shardlock-{name}-{}", std::process::id());
-    let cert = dir.join(format!("{stem}.cert.pem"));
-    let key = dir.join(format!("{stem}.key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
-    (path(cert), path(key), std::sync::Arc::new(client))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_wss_and_bounds_the_tls_handshake() {
-    let (cert, key, trusted) = self_signed("tls");
+    let (cert, key, trusted) = common::self_signed("tls");
     let args = ["--tls-cert", &cert, "--tls-key", &key];
     let server = Server::start(&[&args[..], &["--handshake-timeout", "300"]].concat()).await;
     let wss = format!("wss://{}/v1?namespace=t", server.addr);
@@ -478,7 +456,7 @@ async fn tls_serves_wss_and_bounds_the_tls_handshake() {
 
 #[test]
 fn unusable_tls_files_fail_the_start_with_the_file_named() {
-    let (cert, _key, _) = self_signed("badkey");
+    let (cert, _key, _) = common::self_signed("badkey");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let config = <Config as clap::Parser>::parse_from([
         "shardlock-server",

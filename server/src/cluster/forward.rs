@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame as UpClose, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self as ts, Message as Up};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use super::FORWARDED_HEADER;
 use crate::session::{End, Incoming, Peer};
@@ -36,12 +36,37 @@ const OWNER_GONE_REASON: &str = "the namespace's owner went away: lock again";
 /// The most bytes of an owner's HTTP answer relayed.
 const ANSWER_MAX: usize = 1 << 20;
 
-type Upstream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream to another instance: plain TCP, or TLS for an
+/// `https://` one.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-/// `host:port` of an `http://host:port` URL.
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest)
+pub type Upstream = WebSocketStream<Box<dyn Io>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether an instance's URL is `https://`, and its `host:port`.
+fn authority(url: &str) -> (bool, &str) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    (scheme == "https", rest.split('/').next().unwrap_or(rest))
+}
+
+/// Opens a stream to the instance at `url`.
+async fn dial(shared: &Shared, url: &str) -> Result<Box<dyn Io>, BoxError> {
+    let (tls, authority) = authority(url);
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    tcp.set_nodelay(true)?;
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    let cluster = shared.cluster.as_ref().expect("forwarding is cluster mode");
+    Ok(Box::new(cluster.tls.connect(name, tcp).await?))
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -75,7 +100,9 @@ fn unreachable(owner: &str, e: impl std::fmt::Display) -> Response {
 /// Opens the owner's `/v1` with the client's query, or the response that
 /// tells the client why not.
 pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream, Response> {
-    let url = format!("ws://{}/v1?{query}", authority(owner));
+    let (tls, authority) = authority(owner);
+    let scheme = if tls { "wss" } else { "ws" };
+    let url = format!("{scheme}://{authority}/v1?{query}");
     let mut request = url
         .as_str()
         .into_client_request()
@@ -85,17 +112,23 @@ pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream,
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
     let deadline = Duration::from_millis(shared.config.handshake_timeout.max(1));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connect = async {
+        let stream = dial(shared, owner)
+            .await
+            .map_err(|e| unreachable(owner, e))?;
+        Ok(tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await)
+    };
     match tokio::time::timeout(deadline, connect).await {
-        Ok(Ok((upstream, _))) => Ok(upstream),
-        Ok(Err(ts::Error::Http(answer))) => {
+        Ok(Err(response)) => Err(response),
+        Ok(Ok(Ok((upstream, _)))) => Ok(upstream),
+        Ok(Ok(Err(ts::Error::Http(answer)))) => {
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
             let status = answer.status().as_u16();
             let mut body = answer.into_body().unwrap_or_default();
             body.truncate(ANSWER_MAX);
             Err(relay(status, content_type.as_ref(), body))
         }
-        Ok(Err(e)) => Err(unreachable(owner, e)),
+        Ok(Ok(Err(e))) => Err(unreachable(owner, e)),
         Err(_) => Err(unreachable(owner, "handshake timed out")),
     }
 }
@@ -124,13 +157,9 @@ pub async fn stats(shared: &Shared, owner: &str, query: &str) -> Response {
     }
 }
 
-async fn get(
-    shared: &Shared,
-    owner: &str,
-    path: &str,
-) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
-    let authority = authority(owner);
-    let stream = tokio::net::TcpStream::connect(authority).await?;
+async fn get(shared: &Shared, owner: &str, path: &str) -> Result<Response, BoxError> {
+    let (_, authority) = authority(owner);
+    let stream = dial(shared, owner).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);

@@ -247,15 +247,30 @@ impl Instance {
         self.child = Some(child);
     }
 
+    fn tls(&self) -> bool {
+        self.extra.iter().any(|a| a == "--tls-cert")
+    }
+
     pub fn http(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn ws(&self, namespace: &str) -> String {
-        format!("ws://127.0.0.1:{}/v1?namespace={namespace}", self.port)
+        let scheme = if self.tls() { "wss" } else { "ws" };
+        format!(
+            "{scheme}://127.0.0.1:{}/v1?namespace={namespace}",
+            self.port
+        )
     }
 
+    /// `/healthz` says ready (for a TLS instance, which the plain HTTP
+    /// client here cannot ask: its log says it holds its lease).
     pub fn ready(&self) -> bool {
+        if self.tls() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            return log.contains("cluster lease granted");
+        }
         http_get(&format!("{}/healthz", self.http())).is_some_and(|(code, _)| code == 200)
     }
 

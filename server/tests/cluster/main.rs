@@ -5,6 +5,8 @@
 //!
 //! Needs `etcd` (Debian: `etcd-server`); without it the tests say SKIPPED,
 //! unless `SHARDLOCK_REQUIRE_ETCD` is set (CI), where they fail.
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 
 use std::collections::HashMap;
@@ -339,6 +341,50 @@ async fn tokens_abandon_timeouts_and_limits_hold_through_a_forwarder() {
     }
     let forwarded = cluster.instances[f].metric("shardlock_cluster_forwarded_connections_total");
     assert!(forwarded.unwrap() >= 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_serve_tls_forward_to_each_other_over_tls() {
+    if !etcd_or_skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (cert, key, trusted) = common::self_signed("cluster");
+    let args = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cluster-ca",
+        &cert,
+    ];
+    let cluster = Cluster::start(3, TTL, &args);
+    let options = shardlock_client::Options {
+        token: None,
+        tls: Some(trusted),
+    };
+    let mut last = 0;
+    for instance in &cluster.instances {
+        let url = instance.ws("tls");
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_with(&url, &options),
+        )
+        .await
+        .expect("connected in time")
+        .unwrap();
+        let reply = c.lock(&[(W, &["a"])]).await.unwrap();
+        assert_eq!(reply.state, State::Acquired);
+        assert!(
+            reply.id > last,
+            "one owner counts on: {} after {last}",
+            reply.id
+        );
+        last = reply.id;
+        c.release().await.unwrap();
+    }
+    // One instance owns it; the other two forwarded over TLS.
+    assert!(cluster.owner("tls").await.is_some());
 }
 
 /// Kills the owner of a busy namespace; the time until a client holds a

@@ -102,3 +102,25 @@ pub fn largest_lock(resources: usize, depth: usize, max_message: usize, tag: &st
     assert!(message.len() <= max_message, "{}", message.len());
     message
 }
+
+/// A self-signed certificate for 127.0.0.1, written to PEM files, and a
+/// client configuration that trusts it.
+pub fn self_signed(name: &str) -> (String, String, std::sync::Arc<rustls::ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = std::env::temp_dir();
+    let stem = format!("shardlock-{name}-{}", std::process::id());
+    let cert = dir.join(format!("{stem}.cert.pem"));
+    let key = dir.join(format!("{stem}.key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (path(cert), path(key), std::sync::Arc::new(client))
+}
