@@ -13,3 +13,23 @@ sed -i "s/const SERVER_HOST = 'server';/const SERVER_HOST = '127.0.0.1';/" tests
 npm ci --no-audit --no-fund --loglevel=error
 PORT=9009 start_shardlock_server
 npx jest
+
+# The same suite through a local cluster whose instance 0 listens on 9009
+# (the suite's port): sessions for namespaces that another instance owns
+# pass through 9009 as a forwarder.
+kill "$SERVER_PID" 2>/dev/null || true
+log=$(mktemp)
+SERVER_BASE=9009 ETCD_BASE="${CLUSTER_ETCD_BASE:-37379}" LEASE_TTL=2 \
+    "$ROOT/server/cluster/run-local.sh" >"$log" 2>&1 &
+CLUSTER=$!
+trap 'kill $CLUSTER 2>/dev/null || true; wait $CLUSTER 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 600); do
+    grep -q "Ctrl-C stops the cluster" "$log" && break
+    kill -0 "$CLUSTER" 2>/dev/null || break
+    sleep 0.5
+done
+grep -q "Ctrl-C stops the cluster" "$log" || { cat "$log"; echo "the cluster did not start" >&2; exit 1; }
+echo "--- the suite through cluster instance 9009"
+npx jest
+forwarded=$(curl -s http://127.0.0.1:9009/metrics | awk '/^shardlock_cluster_forwarded_connections_total /{print $2}')
+echo "sessions forwarded by 9009: $forwarded"
