@@ -47,8 +47,10 @@
 //! to the current lease and that the lease is valid *now*
 //! ([`Claim::may_grant`]). When the lease lapses (etcd unreachable, a
 //! partition, quorum lost) the instance fences at the deadline above:
-//! claims are revoked, every namespace is dropped, sessions close with code
-//! [`FENCED_CLOSE`] and abandoned locks are released. Since the deadline
+//! claims are revoked, sessions close with code [`FENCED_CLOSE`] (they
+//! watch [`Cluster::fences`]), abandoned locks are released, and a
+//! namespace claimed again later starts afresh (the registry replaces one
+//! left under a void claim). Since the deadline
 //! comes before etcd can expire the lease, and only then can another
 //! instance claim, two owners never grant in one namespace at once. The
 //! instance then asks for a new lease and revokes the old one, whose keys
@@ -65,7 +67,19 @@
 //! Ids stay below 2^53 (exact in JavaScript) while the etcd revision is
 //! below 2^29.
 //!
-//! The integration tests in `server/tests/cluster.rs` check each rule on a
+//! # Orderings
+//!
+//! The lease state sits behind a mutex, which orders everything that
+//! matters: a fence clears the lease's validity *before* it revokes the
+//! claims, so a grant that reads a stale `revoked == false` (a `Relaxed`
+//! load) still finds the lease invalid under the mutex. `revoked` set
+//! outside a fence (an idle release, a refused renewal) is followed by a
+//! change of the `fences` watch, whose subscribers read it after the
+//! watch's own synchronisation; an idle claim has no session to grant.
+//! `revision` only grows (`fetch_max`), and a grant reading an older one
+//! only sees an older term's floor, below every id of the new one.
+//!
+//! The integration tests in `server/tests/cluster/` check each rule on a
 //! real three-member etcd cluster: failover, partition, quorum loss,
 //! rolling restarts, and a soak with a ghost checker of fencing ids.
 pub mod forward;
@@ -485,7 +499,12 @@ impl Cluster {
         for claim in claims.values() {
             claim.revoked.store(true, Relaxed);
         }
-        claims.len()
+        self.unreleased().clear();
+        let lost = claims.len();
+        self.counters
+            .ownership_changes
+            .fetch_add(lost as u64, Relaxed);
+        lost
     }
 }
 
