@@ -170,9 +170,10 @@ pub struct Config {
     pub advertise_url: Option<String>,
     /// Cluster mode: seconds of this instance's etcd lease. An instance
     /// that dies loses its namespaces after about this long; one cut off
-    /// from etcd stops granting before then.
+    /// from etcd stops granting before then. (etcd raises a TTL below its
+    /// minimum, about 2 s with its default election timeout.)
     #[arg(long, env = "LOCKTOPUS_LEASE_TTL", default_value_t = 5,
-        value_parser = clap::value_parser!(u64).range(2..=3600))]
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
     /// Cluster mode: the etcd key prefix (instances with the same prefix
     /// and endpoints form one cluster).
@@ -185,38 +186,57 @@ pub struct Config {
     pub cluster_ca: Option<PathBuf>,
 }
 
+/// `(scheme, host:port)` of a URL given as `scheme://host:port[/path]` or
+/// bare `host:port`: schemes in `schemes` map to the name beside them (the
+/// first is the default); any path is dropped.
+fn host_port<'a>(
+    s: &'a str,
+    schemes: &[(&str, &'static str)],
+) -> Result<(&'static str, &'a str), String> {
+    let s = s.trim();
+    let (scheme, rest) = match s.split_once("://") {
+        Some((given, rest)) => {
+            let scheme = schemes
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(given))
+                .map(|(_, to)| *to)
+                .ok_or_else(|| format!("`{s}`: the scheme `{given}` is not one of {schemes:?}"))?;
+            (scheme, rest)
+        }
+        None => (schemes[0].1, s),
+    };
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let port = host_port
+        .rsplit_once(':')
+        .map(|(host, p)| (host, p.parse::<u16>()));
+    match port {
+        Some((host, Ok(p))) if p != 0 && !host.is_empty() => Ok((scheme, host_port)),
+        _ => Err(format!("`{s}` is not host:port with a port")),
+    }
+}
+
 /// An etcd endpoint: `http://host:port` or `host:port`.
 fn endpoint(s: &str) -> Result<String, String> {
-    let bare = s.trim().trim_end_matches('/');
-    if bare.starts_with("https://") {
+    if s.trim().starts_with("https://") {
         return Err(format!(
             "`{s}`: TLS to etcd is not supported yet; use http://"
         ));
     }
-    let host_port = bare.strip_prefix("http://").unwrap_or(bare);
-    if host_port.is_empty() || host_port.contains('/') {
-        return Err(format!("`{s}` is not an etcd endpoint (http://host:port)"));
-    }
-    Ok(format!("http://{host_port}"))
+    let (scheme, host_port) = host_port(s, &[("http", "http")])?;
+    Ok(format!("{scheme}://{host_port}"))
 }
 
 /// An advertised URL: `http://host:port`, or `https://host:port` for an
-/// instance that serves TLS (`ws://` and `wss://` are taken as these).
+/// instance that serves TLS (`ws://` and `wss://` are taken as these, a
+/// bare `host:port` as `http://`, and a path such as `/v1` is dropped).
 fn advertise_url(s: &str) -> Result<String, String> {
-    let bare = s.trim().trim_end_matches('/');
-    let (scheme, host_port) = [
-        ("http", "http://"),
-        ("http", "ws://"),
-        ("https", "https://"),
-        ("https", "wss://"),
-    ]
-    .iter()
-    .find_map(|(scheme, prefix)| Some((*scheme, bare.strip_prefix(prefix)?)))
-    .ok_or_else(|| format!("`{s}`: give http://host:port (https:// with TLS)"))?;
-    let port = host_port.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
-    if host_port.contains('/') || !matches!(port, Some(Ok(p)) if p != 0) {
-        return Err(format!("`{s}` is not {scheme}://host:port with a port"));
-    }
+    let schemes = [
+        ("http", "http"),
+        ("ws", "http"),
+        ("https", "https"),
+        ("wss", "https"),
+    ];
+    let (scheme, host_port) = host_port(s, &schemes)?;
     Ok(format!("{scheme}://{host_port}"))
 }
 
@@ -359,7 +379,16 @@ mod tests {
         assert!(err(&["--etcd-endpoints", "127.0.0.1:2379"]).contains("advertise-url"));
         let no_port = ["--etcd-endpoints", "x:1", "--advertise-url", "http://h"];
         assert!(err(&no_port).contains("with a port"));
-        assert!(err(&["--lease-ttl", "1"]).contains("lease-ttl"));
+        let ftp = ["--etcd-endpoints", "x:1", "--advertise-url", "ftp://h:1"];
+        assert!(err(&ftp).contains("scheme"));
+        assert!(err(&["--lease-ttl", "0"]).contains("lease-ttl"));
+        let bare = parse(&[
+            "--etcd-endpoints",
+            "x:1",
+            "--advertise-url",
+            "127.0.0.1:9011/v1",
+        ]);
+        assert_eq!(bare.cluster().unwrap().advertise, "http://127.0.0.1:9011");
         let tls = parse(&["--etcd-endpoints", "x:1", "--advertise-url", "wss://h:9"]);
         assert_eq!(tls.cluster().unwrap().advertise, "https://h:9");
     }
