@@ -63,7 +63,8 @@ async fn require_token(
 
 type Params = Query<HashMap<String, String>>;
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

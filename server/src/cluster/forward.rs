@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{self as ts, Message as Up};
 use tokio_tungstenite::WebSocketStream;
 
 use super::FORWARDED_HEADER;
+use crate::http::text;
 use crate::session::{End, Incoming, Peer};
 use crate::Shared;
 
@@ -67,15 +68,6 @@ async fn dial(shared: &Shared, url: &str) -> Result<Box<dyn Io>, BoxError> {
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
     let cluster = shared.cluster.as_ref().expect("forwarding is cluster mode");
     Ok(Box::new(cluster.tls.connect(name, tcp).await?))
-}
-
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
 }
 
 /// An HTTP answer of the owner, relayed: status, content type and body.
