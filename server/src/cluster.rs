@@ -121,6 +121,55 @@ pub struct Settings {
     pub prefix: String,
     /// `--cluster-ca`: trusted when forwarding to `https://` instances.
     pub ca: Option<std::path::PathBuf>,
+    /// `--etcd-ca`: trusted for `https://` etcd endpoints.
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// `--etcd-cert` and `--etcd-key`: a client certificate for etcd.
+    pub etcd_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `--etcd-user` and `--etcd-password`.
+    pub etcd_user: Option<(String, String)>,
+}
+
+impl Settings {
+    /// How to reach etcd: timeouts, and TLS and credentials if given.
+    fn connect_options(&self) -> Result<etcd_client::ConnectOptions, String> {
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(self.ttl / 2)
+            // A member without a leader answers at once instead of hanging.
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(1), self.ttl / 2);
+        let https = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != self.endpoints.len() {
+            return Err("etcd endpoints mix http:// and https://".into());
+        }
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        if https > 0 {
+            let ca = self
+                .etcd_ca
+                .as_deref()
+                .ok_or("https:// etcd endpoints need --etcd-ca (the CA of etcd's certificates)")?;
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            if let Some((cert, key)) = &self.etcd_identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+        } else if self.etcd_ca.is_some() || self.etcd_identity.is_some() {
+            return Err("--etcd-ca and --etcd-cert are for https:// etcd endpoints".into());
+        }
+        if let Some((user, password)) = &self.etcd_user {
+            options = options
+                .with_user(user.as_str(), password.as_str())
+                .with_auto_token_refresh(true);
+        }
+        Ok(options)
+    }
 }
 
 /// What the cluster counts (exposed on `/metrics`).
@@ -220,12 +269,9 @@ impl Cluster {
     /// Connects (lazily: etcd may be down) and starts keeping a lease.
     pub async fn start(settings: Settings) -> Result<Arc<Cluster>, String> {
         let tls = crate::tls::connector(settings.ca.as_deref()).map_err(|e| e.to_string())?;
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(settings.ttl / 2)
-            // A member without a leader answers at once instead of hanging.
-            .with_require_leader(true)
-            .with_keep_alive(Duration::from_secs(1), settings.ttl / 2);
+        let options = settings.connect_options()?;
+        // With credentials this authenticates, so etcd must be reachable;
+        // without, the connection is made lazily.
         let etcd = etcd_client::Client::connect(&settings.endpoints, Some(options))
             .await
             .map_err(|e| format!("etcd endpoints {:?}: {e}", settings.endpoints))?;
@@ -581,6 +627,33 @@ mod tests {
             idle_since: Mutex::new(None),
         });
         (claim, requests)
+    }
+
+    fn settings(endpoints: &[&str]) -> Settings {
+        Settings {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            advertise: "http://127.0.0.1:9011".into(),
+            ttl: Duration::from_secs(5),
+            prefix: "/shardlock".into(),
+            ca: None,
+            etcd_ca: None,
+            etcd_identity: None,
+            etcd_user: None,
+        }
+    }
+
+    #[test]
+    fn etcd_tls_settings_are_checked_before_connecting() {
+        let err = |s: &Settings| s.connect_options().err().unwrap();
+        assert!(err(&settings(&["http://a:1", "https://b:1"])).contains("mix"));
+        assert!(err(&settings(&["https://a:1"])).contains("--etcd-ca"));
+        let mut plain_with_ca = settings(&["http://a:1"]);
+        plain_with_ca.etcd_ca = Some("ca.pem".into());
+        assert!(err(&plain_with_ca).contains("https://"));
+        let mut missing = settings(&["https://a:1"]);
+        missing.etcd_ca = Some("/nonexistent/ca.pem".into());
+        assert!(err(&missing).contains("/nonexistent/ca.pem"));
+        assert!(settings(&["http://a:1"]).connect_options().is_ok());
     }
 
     #[test]

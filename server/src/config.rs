@@ -184,6 +184,29 @@ pub struct Config {
     /// not given.
     #[arg(long, env = "LOCKTOPUS_CLUSTER_CA")]
     pub cluster_ca: Option<PathBuf>,
+    /// Cluster mode: PEM CA certificates that sign etcd's server
+    /// certificates (needed for `https://` endpoints).
+    #[arg(long, env = "LOCKTOPUS_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Cluster mode: a PEM client certificate for etcd (its
+    /// `--client-cert-auth`), with `--etcd-key`.
+    #[arg(long, env = "LOCKTOPUS_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Cluster mode: the PEM private key of `--etcd-cert`.
+    #[arg(long, env = "LOCKTOPUS_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Cluster mode: an etcd user (etcd's own authentication), with
+    /// `--etcd-password`.
+    #[arg(long, env = "LOCKTOPUS_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// Cluster mode: the password of `--etcd-user`.
+    #[arg(
+        long,
+        env = "LOCKTOPUS_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
 }
 
 /// `(scheme, host:port)` of a URL given as `scheme://host:port[/path]` or
@@ -215,14 +238,10 @@ fn host_port<'a>(
     }
 }
 
-/// An etcd endpoint: `http://host:port` or `host:port`.
+/// An etcd endpoint: `http://host:port`, `https://host:port` (with
+/// `--etcd-ca`) or `host:port`.
 fn endpoint(s: &str) -> Result<String, String> {
-    if s.trim().starts_with("https://") {
-        return Err(format!(
-            "`{s}`: TLS to etcd is not supported yet; use http://"
-        ));
-    }
-    let (scheme, host_port) = host_port(s, &[("http", "http")])?;
+    let (scheme, host_port) = host_port(s, &[("http", "http"), ("https", "https")])?;
     Ok(format!("{scheme}://{host_port}"))
 }
 
@@ -282,6 +301,9 @@ impl Config {
             ttl: Duration::from_secs(self.lease_ttl),
             prefix: self.etcd_prefix.trim_end_matches('/').to_owned(),
             ca: self.cluster_ca.clone(),
+            etcd_ca: self.etcd_ca.clone(),
+            etcd_identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            etcd_user: self.etcd_user.clone().zip(self.etcd_password.clone()),
         })
     }
 

@@ -387,6 +387,156 @@ async fn instances_that_serve_tls_forward_to_each_other_over_tls() {
     assert!(cluster.owner("tls").await.is_some());
 }
 
+/// A CA, and certificates it signs for etcd (127.0.0.1) and for a client,
+/// as PEM files in `dir`: (ca, server cert, server key, client cert,
+/// client key).
+fn pki(dir: &std::path::Path) -> [String; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let signed = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = signed("127.0.0.1");
+    let (client, client_key) = signed("root");
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server),
+        ("server.key", server_key),
+        ("client.pem", client),
+        ("client.key", client_key),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
+    if !etcd_or_skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("shardlock-etcd-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let [ca, cert, key, client, client_key] = pki(&dir);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, peer) = (free(), free());
+    let url = format!("https://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let mut etcd = std::process::Command::new("etcd")
+        .args(["--name", "e0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("e0={peer_url}")])
+        .args(["--cert-file", &cert, "--key-file", &key])
+        .args(["--client-cert-auth", "--trusted-ca-file", &ca])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Turn on etcd's authentication, over TLS with the client certificate.
+    let read = |p: &str| std::fs::read(p).unwrap();
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&ca)))
+        .identity(etcd_client::Identity::from_pem(
+            read(&client),
+            read(&client_key),
+        ));
+    let options = etcd_client::ConnectOptions::new()
+        .with_tls(tls)
+        .with_timeout(Duration::from_secs(2));
+    let mut admin = None;
+    for _ in 0..100 {
+        if let Ok(mut c) = etcd_client::Client::connect([url.as_str()], Some(options.clone())).await
+        {
+            if c.status().await.is_ok() {
+                admin = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut admin = admin.expect("etcd serves TLS");
+    admin.user_add("root", "sesame", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let tls_args = |password: &'static str| {
+        let args: Vec<String> = [
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &client,
+            "--etcd-key",
+            &client_key,
+            "--etcd-user",
+            "root",
+            "--etcd-password",
+            password,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args
+    };
+    let good = tls_args("sesame");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let instance = harness::Instance::start(&dir, &url, TTL, &good);
+    assert!(
+        wait_until(Duration::from_secs(20), || instance.ready()),
+        "serves through TLS etcd"
+    );
+    let mut c = connect(&instance.ws("secure")).await.unwrap();
+    assert_eq!(c.lock(&[(W, &["a"])]).await.unwrap().state, State::Acquired);
+    c.release().await.unwrap();
+
+    // A wrong password stops the start with the reason.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_shardlock-server"))
+        .args([
+            "--port",
+            "0",
+            "--etcd-endpoints",
+            &url,
+            "--advertise-url",
+            "http://127.0.0.1:1",
+        ])
+        .args(tls_args("wrong"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("etcd"), "{stderr}");
+
+    drop(instance);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills the owner of a busy namespace; the time until a client holds a
 /// lock of a new term.
 async fn failover_once(cluster: &mut Cluster, load: &Arc<Load>, ns: &str) -> Duration {
