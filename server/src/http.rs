@@ -307,20 +307,8 @@ async fn stats_v1(
             "URL parameter 'namespace' is required",
         );
     };
-    // Cluster mode: the owner answers for its namespace.
-    if let Some(cluster) = &shared.cluster {
-        if !headers.contains_key(FORWARDED_HEADER) {
-            match cluster.owner(name).await {
-                Ok(Owner::Other(url)) => {
-                    let query = uri.query().unwrap_or_default();
-                    return cluster_forward::stats(&shared, &url, query).await;
-                }
-                Ok(Owner::Me | Owner::Nobody) => {}
-                Err(why) => {
-                    return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}"))
-                }
-            }
-        }
+    if let Some(answer) = at_owner(&shared, name, &uri, &headers).await {
+        return answer;
     }
     match shared.namespaces.stats(name) {
         None => text(StatusCode::NOT_FOUND, "Namespace not found"),
@@ -328,7 +316,47 @@ async fn stats_v1(
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+/// Cluster mode: the owner's answer to a request about namespace `name`
+/// (same path and query), unless this instance owns it, nobody does, or
+/// the request was forwarded already (`None`: answer here).
+async fn at_owner(
+    shared: &Shared,
+    name: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let cluster = shared.cluster.as_ref()?;
+    if headers.contains_key(FORWARDED_HEADER) {
+        return None;
+    }
+    match cluster.owner(name).await {
+        Ok(Owner::Other(url)) => {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            Some(cluster_forward::get(shared, &url, path).await)
+        }
+        Ok(Owner::Me | Owner::Nobody) => None,
+        Err(why) => Some(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster: {why}"),
+        )),
+    }
+}
+
+/// This instance's metrics; with `?namespace=NS`, also that namespace's
+/// gauges, from its owner in cluster mode.
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Params,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let namespace = params.get("namespace").filter(|n| !n.is_empty());
+    if let Some(name) = namespace {
+        if let Some(answer) = at_owner(&shared, name, &uri, &headers).await {
+            return answer;
+        }
+    }
+    let scoped = namespace.map(|name| (name.as_str(), shared.namespaces.stats(name)));
     (
         [(
             header::CONTENT_TYPE,
@@ -336,7 +364,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         )],
         shared
             .metrics
-            .render(&shared.namespaces, shared.cluster.as_deref()),
+            .render(&shared.namespaces, shared.cluster.as_deref(), scoped),
     )
         .into_response()
 }

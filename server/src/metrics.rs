@@ -6,13 +6,13 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram as PromHistogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry as Exposition;
 
 use crate::cluster::Cluster;
-use crate::namespace::Registry;
+use crate::namespace::{Registry, StatsV1};
 use crate::protocol::ErrorKind;
 
 /// Lock wait and hold times (seconds) fall in these buckets.
@@ -73,7 +73,12 @@ impl Metrics {
 
     /// The exposition text (OpenMetrics), with gauges read from the
     /// namespaces now.
-    pub fn render(&self, namespaces: &Registry, cluster: Option<&Cluster>) -> String {
+    pub fn render(
+        &self,
+        namespaces: &Registry,
+        cluster: Option<&Cluster>,
+        namespace: Option<(&str, Option<StatsV1>)>,
+    ) -> String {
         let all = namespaces.all();
         let (mut held, mut waiting, mut tree_bytes) = (0, 0, 0);
         for (_, ns) in &all {
@@ -232,6 +237,30 @@ impl Metrics {
                 "shardlock_cluster_forwarded_open",
                 "Forwarded sessions open now",
                 c.forwarded_open.load(Relaxed),
+            );
+        }
+        if let Some((name, stats)) = namespace {
+            let stats = stats.unwrap_or_default();
+            let labels = vec![("namespace".to_string(), name.to_string())];
+            let mut scoped = |metric: &str, help: &str, v: u64| {
+                let family = Family::<Vec<(String, String)>, Gauge>::default();
+                family.get_or_create(&labels).set(v as i64);
+                out.register(metric, help, family);
+            };
+            scoped(
+                "shardlock_namespace_locks_held",
+                "Lock requests holding their locks in the namespace asked about",
+                stats.groups_acquired,
+            );
+            scoped(
+                "shardlock_namespace_locks_waiting",
+                "Lock requests waiting in the namespace asked about",
+                stats.groups_pending,
+            );
+            scoped(
+                "shardlock_namespace_last_id",
+                "The last lock id given in the namespace asked about",
+                stats.last_group_id,
             );
         }
         let mut text = String::new();

@@ -1,5 +1,5 @@
 //! Forwarding to a namespace's owner: a client's WebSocket, frame for
-//! frame, and `stats_v1`.
+//! frame, and `stats_v1` and `metrics?namespace=` requests.
 //!
 //! The forwarder opens the owner's WebSocket *before* it accepts the
 //! client's, so the owner's HTTP answer (400, 401, 503) reaches the client
@@ -135,11 +135,12 @@ fn mark(headers: &mut axum::http::HeaderMap, shared: &Shared) {
     }
 }
 
-/// `GET /stats_v1` of the owner, relayed.
-pub async fn stats(shared: &Shared, owner: &str, query: &str) -> Response {
+/// `GET path` (with its query) of the owner, relayed: `stats_v1` and a
+/// namespace's metrics.
+pub async fn get(shared: &Shared, owner: &str, path: &str) -> Response {
     match tokio::time::timeout(
         Duration::from_millis(shared.config.handshake_timeout.max(1)),
-        get(shared, owner, &format!("/stats_v1?{query}")),
+        fetch(shared, owner, path),
     )
     .await
     {
@@ -149,7 +150,7 @@ pub async fn stats(shared: &Shared, owner: &str, query: &str) -> Response {
     }
 }
 
-async fn get(shared: &Shared, owner: &str, path: &str) -> Result<Response, BoxError> {
+async fn fetch(shared: &Shared, owner: &str, path: &str) -> Result<Response, BoxError> {
     let (_, authority) = authority(owner);
     let stream = dial(shared, owner).await?;
     let (mut sender, connection) =

@@ -236,6 +236,12 @@ async fn the_wire_passes_through_every_instance_byte_for_byte() {
         );
         assert!(stats[0].contains("\"GroupsAcquired\":1"), "{}", stats[0]);
         assert!(stats.iter().all(|s| *s == stats[0]), "{stats:?}");
+        // So are the namespace's gauges in /metrics?namespace=.
+        for x in &cluster.instances {
+            let (_, body) = http_get(&format!("{}/metrics?namespace={ns}", x.http())).unwrap();
+            let held = format!("shardlock_namespace_locks_held{{namespace=\"{ns}\"}} 1");
+            assert!(body.contains(&held), "{body}");
+        }
         // HTTP errors come back as they are.
         let (code, body) = http_get(&format!(
             "{}/v1?namespace={ns}&abandon-timeout-ms=x",
