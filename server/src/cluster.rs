@@ -222,8 +222,9 @@ pub struct Claim {
 pub enum Route {
     /// Served here, under this claim.
     Local(Arc<Claim>),
-    /// Forwarded to the owner at this URL.
-    Forward(String),
+    /// Forwarded to the instance at `url`: the owner if `claimed`, else
+    /// the one the hash picks to claim it.
+    Forward { url: String, claimed: bool },
     /// Nowhere now (503, with the reason).
     Unavailable(String),
 }
@@ -372,14 +373,17 @@ impl Cluster {
                     last = format!("namespace moved to {url}; retry");
                     continue;
                 }
-                Some((url, _)) => return Route::Forward(url),
+                Some((url, _)) => return Route::Forward { url, claimed: true },
                 None => {}
             }
             if !forwarded {
                 match self.members().await {
                     Ok(members) => match rendezvous::winner(&members, name) {
                         Some(url) if *url != self.settings.advertise => {
-                            return Route::Forward(url.clone())
+                            return Route::Forward {
+                                url: url.clone(),
+                                claimed: false,
+                            }
                         }
                         _ => {}
                     },

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::cluster::forward as cluster_forward;
+use crate::cluster::forward::{self as cluster_forward, Refused};
 use crate::cluster::{Owner, Route, FORWARDED_HEADER};
 use crate::namespace::JoinError;
 use crate::Shared;
@@ -178,15 +178,25 @@ async fn v1(
     let claim = match &shared.cluster {
         None => None,
         Some(cluster) => {
-            let forwarded = headers.contains_key(FORWARDED_HEADER);
-            match cluster.route(&namespace, forwarded).await {
-                Route::Local(claim) => Some(claim),
-                Route::Forward(owner) => {
-                    let query = uri.query().unwrap_or_default();
-                    return forward(shared.clone(), session, peer, &owner, query, upgrade).await;
-                }
-                Route::Unavailable(why) => {
-                    return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}"))
+            let mut forwarded = headers.contains_key(FORWARDED_HEADER);
+            loop {
+                match cluster.route(&namespace, forwarded).await {
+                    Route::Local(claim) => break Some(claim),
+                    Route::Forward { url, claimed } => {
+                        let query = uri.query().unwrap_or_default();
+                        match cluster_forward::open(&shared, &url, query).await {
+                            Ok(upstream) => return forward(session, peer, &url, upstream, upgrade),
+                            // The instance the hash picks is unreachable and
+                            // nobody owns the namespace: claim it here.
+                            Err(Refused::Unreachable(_)) if !claimed && !forwarded => {
+                                forwarded = true;
+                            }
+                            Err(refused) => return refused.into_response(),
+                        }
+                    }
+                    Route::Unavailable(why) => {
+                        return text(StatusCode::SERVICE_UNAVAILABLE, format!("cluster: {why}"))
+                    }
                 }
             }
         }
@@ -250,18 +260,14 @@ fn configure(upgrade: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
 
 /// Cluster mode: relays the session to the namespace's owner (see
 /// [`crate::cluster::forward`]).
-async fn forward(
-    shared: Arc<Shared>,
+fn forward(
     session: SessionCount,
     peer: SocketAddr,
     owner: &str,
-    query: &str,
+    upstream: cluster_forward::Upstream,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let upstream = match cluster_forward::open(&shared, owner, query).await {
-        Ok(upstream) => upstream,
-        Err(response) => return response,
-    };
+    let shared = session.0.clone();
     let cluster = shared.cluster.as_ref().expect("forwarding is cluster mode");
     cluster.counters.forwarded_total.fetch_add(1, Relaxed);
     let id = shared.metrics.connections_total.fetch_add(1, Relaxed) + 1;

@@ -89,16 +89,32 @@ fn unreachable(owner: &str, e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// Opens the owner's `/v1` with the client's query, or the response that
-/// tells the client why not.
-pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream, Response> {
+/// Why the owner's `/v1` could not be opened: its own HTTP answer, or it
+/// could not be reached (each with the response for the client).
+pub enum Refused {
+    Answer(Response),
+    Unreachable(Response),
+}
+
+impl Refused {
+    pub fn into_response(self) -> Response {
+        match self {
+            Refused::Answer(r) | Refused::Unreachable(r) => r,
+        }
+    }
+}
+
+/// Opens the owner's `/v1` with the client's query.
+pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream, Refused> {
+    let unreachable =
+        |owner: &str, e: &dyn std::fmt::Display| Refused::Unreachable(unreachable(owner, e));
     let (tls, authority) = authority(owner);
     let scheme = if tls { "wss" } else { "ws" };
     let url = format!("{scheme}://{authority}/v1?{query}");
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| unreachable(owner, e))?;
+        .map_err(|e| unreachable(owner, &e))?;
     mark(request.headers_mut(), shared);
     let config = WebSocketConfig::default()
         .max_message_size(Some(shared.config.max_message_bytes))
@@ -107,7 +123,7 @@ pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream,
     let connect = async {
         let stream = dial(shared, owner)
             .await
-            .map_err(|e| unreachable(owner, e))?;
+            .map_err(|e| unreachable(owner, &e))?;
         Ok(tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await)
     };
     match tokio::time::timeout(deadline, connect).await {
@@ -118,10 +134,10 @@ pub async fn open(shared: &Shared, owner: &str, query: &str) -> Result<Upstream,
             let status = answer.status().as_u16();
             let mut body = answer.into_body().unwrap_or_default();
             body.truncate(ANSWER_MAX);
-            Err(relay(status, content_type.as_ref(), body))
+            Err(Refused::Answer(relay(status, content_type.as_ref(), body)))
         }
-        Ok(Ok(Err(e))) => Err(unreachable(owner, e)),
-        Err(_) => Err(unreachable(owner, "handshake timed out")),
+        Ok(Ok(Err(e))) => Err(unreachable(owner, &e)),
+        Err(_) => Err(unreachable(owner, &"handshake timed out")),
     }
 }
 
