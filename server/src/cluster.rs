@@ -38,6 +38,11 @@
 //!   which claims it. A forwarded request is never forwarded again, so a
 //!   stale view costs a 503 and a retry, never a loop.
 //!
+//! An instance's identity is its advertised address. A claim under that
+//! address but another lease (a run of the instance that died, or an
+//! instance misconfigured with the same address) is never deleted, only
+//! waited out, so a misconfiguration cannot make two owners.
+//!
 //! An owner gives a namespace up ([`Cluster::sweep`]) when it has had no
 //! session and no abandoned lock for [`RELEASE_IDLE_AFTER`], deleting the key
 //! only if it is still its own write (`mod_revision` compare), so etcd
@@ -359,14 +364,14 @@ impl Cluster {
                 // Mine under this lease but not in the map: a release is in
                 // flight. Wait for it.
                 Some((_, lease)) if lease == lease_id => continue,
-                // Mine under an old lease: left by an earlier fence.
-                Some((url, lease)) if url == self.settings.advertise => {
-                    let stale = Txn::new()
-                        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
-                        .and_then([TxnOp::delete(key.as_str(), None)]);
-                    if let Err(e) = self.etcd().txn(stale).await {
-                        self.etcd_error("deleting a stale claim", &e);
-                    }
+                // This address under another lease: an earlier run of this
+                // instance that died (or an instance misconfigured with the
+                // same address). Not deleted, which could make two owners:
+                // it ends with that lease, within a TTL.
+                Some((url, _)) if url == self.settings.advertise => {
+                    last =
+                        "namespace held under another lease of this address until it ends; retry"
+                            .into();
                     continue;
                 }
                 Some((url, _)) if forwarded => {
