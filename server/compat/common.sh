@@ -20,6 +20,29 @@ start_shardlock_server() {
     exit 1
 }
 
+# Starts server/cluster/run-local.sh in the background (its SERVER_BASE,
+# ETCD_BASE and LEASE_TTL from the environment) and waits until it prints
+# its URLs; sets CLUSTER_PID. `stop_local_cluster` stops it.
+start_local_cluster() {
+    CLUSTER_LOG=$(mktemp)
+    "$ROOT/server/cluster/run-local.sh" >"$CLUSTER_LOG" 2>&1 &
+    CLUSTER_PID=$!
+    for _ in $(seq 600); do
+        grep -q "Ctrl-C stops the cluster" "$CLUSTER_LOG" && return
+        kill -0 "$CLUSTER_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    cat "$CLUSTER_LOG"
+    echo "the local cluster did not start" >&2
+    exit 1
+}
+
+stop_local_cluster() {
+    kill "$CLUSTER_PID" 2>/dev/null || true
+    wait "$CLUSTER_PID" 2>/dev/null || true
+    rm -f "$CLUSTER_LOG"
+}
+
 # Copies the source tree at $1 (a checkout, or a bare repository: its HEAD)
 # to $2.
 copy_source() {

@@ -18,17 +18,8 @@ npx jest
 # (the suite's port): sessions for namespaces that another instance owns
 # pass through 9009 as a forwarder.
 kill "$SERVER_PID" 2>/dev/null || true
-log=$(mktemp)
-SERVER_BASE=9009 ETCD_BASE="${CLUSTER_ETCD_BASE:-37379}" LEASE_TTL=2 \
-    "$ROOT/server/cluster/run-local.sh" >"$log" 2>&1 &
-CLUSTER=$!
-trap 'kill $CLUSTER 2>/dev/null || true; wait $CLUSTER 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 600); do
-    grep -q "Ctrl-C stops the cluster" "$log" && break
-    kill -0 "$CLUSTER" 2>/dev/null || break
-    sleep 0.5
-done
-grep -q "Ctrl-C stops the cluster" "$log" || { cat "$log"; echo "the cluster did not start" >&2; exit 1; }
+SERVER_BASE=9009 ETCD_BASE="${CLUSTER_ETCD_BASE:-37379}" LEASE_TTL=2 start_local_cluster
+trap stop_local_cluster EXIT
 echo "--- the suite through cluster instance 9009"
 npx jest
 forwarded=$(curl -s http://127.0.0.1:9009/metrics | awk '/^shardlock_cluster_forwarded_connections_total /{print $2}')

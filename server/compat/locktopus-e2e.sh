@@ -34,19 +34,10 @@ kill "$SERVER_PID" 2>/dev/null || true
 export SERVER_BASE="${CLUSTER_BASE:-9051}" ETCD_BASE="${CLUSTER_ETCD_BASE:-36379}" LEASE_TTL=2
 for i in 0 1 2; do
     port=$((SERVER_BASE + i))
-    log=$(mktemp)
-    "$ROOT/server/cluster/run-local.sh" >"$log" 2>&1 &
-    cluster=$!
-    for _ in $(seq 600); do
-        grep -q "Ctrl-C stops the cluster" "$log" && break
-        kill -0 "$cluster" 2>/dev/null || break
-        sleep 0.5
-    done
-    grep -q "Ctrl-C stops the cluster" "$log" || { cat "$log"; echo "the cluster did not start" >&2; exit 1; }
+    start_local_cluster
     echo "--- Locktopus's e2e tests through cluster instance $port"
     status=0
     SERVER_ADDRESS="127.0.0.1:$port" go test -count=1 -v ./cmd/server/ || status=$?
-    kill "$cluster"; wait "$cluster" 2>/dev/null || true
-    rm -f "$log"
+    stop_local_cluster
     [ "$status" = 0 ] || exit "$status"
 done
