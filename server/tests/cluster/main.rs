@@ -446,7 +446,15 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
     let url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let mut etcd = std::process::Command::new("etcd")
+    // Killed on drop, so that a failing assertion leaves no etcd behind.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let etcd = std::process::Command::new("etcd")
         .args(["--name", "e0", "--data-dir"])
         .arg(dir.join("data"))
         .args([
@@ -464,6 +472,7 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let etcd = Killed(etcd);
     // Turn on etcd's authentication, over TLS with the client certificate.
     let read = |p: &str| std::fs::read(p).unwrap();
     let tls = etcd_client::TlsOptions::new()
@@ -538,8 +547,7 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
     assert!(stderr.contains("etcd"), "{stderr}");
 
     drop(instance);
-    let _ = etcd.kill();
-    let _ = etcd.wait();
+    drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
