@@ -222,6 +222,17 @@ pub struct Claim {
     idle_since: Mutex<Option<Instant>>,
 }
 
+/// The next change of [`Cluster::fences`] seen by `fences` (never, on a
+/// single node, where there is no subscriber).
+pub async fn next_fence(fences: &mut Option<shardlock::Subscriber<u64>>) {
+    match fences {
+        Some(fences) => {
+            let _ = fences.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Where a request for a namespace goes.
 #[derive(Clone)]
 pub enum Route {
@@ -318,7 +329,7 @@ impl Cluster {
 
     /// Whether the instance holds a valid lease now.
     pub fn ready(&self) -> bool {
-        self.lease.valid(self.lease.generation())
+        self.lease.current().is_some()
     }
 
     /// Ends this instance's membership (on shutdown): fences and revokes

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use shardlock::{LockError, OwnedPathGuard};
 
-use crate::cluster::{FENCED_CLOSE, FENCED_REASON};
+use crate::cluster::{next_fence, FENCED_CLOSE, FENCED_REASON};
 use crate::namespace::Member;
 use crate::protocol::{
     lock_set, Command, ErrorKind, ProtocolError, Session, State, PROTOCOL_ERROR_CLOSE,
@@ -102,6 +102,12 @@ pub async fn serve(
     let mut ping = tokio::time::interval(keepalive);
     ping.tick().await;
     let log_locks = shared.config.log_locks;
+    // A session that starts under a claim already void closes at once;
+    // later, a fence wakes the loop (and every grant checks again).
+    if !ns.may_grant() {
+        let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
+        return End::Fenced;
+    }
 
     let end = loop {
         // A session that starts while the server is already stopping has
@@ -110,18 +116,6 @@ pub async fn serve(
             let _ = peer.close(1001, "server shutting down").await;
             break End::Shutdown;
         }
-        if !ns.may_grant() {
-            let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
-            break End::Fenced;
-        }
-        let fenced = async {
-            match &mut fences {
-                Some(fences) => {
-                    let _ = fences.changed().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         let granted = async {
             match &mut pending {
                 Some((future, _)) => future.await,
@@ -136,8 +130,13 @@ pub async fn serve(
                 let _ = peer.close(1001, "server shutting down").await;
                 break End::Shutdown;
             }
-            // The loop's head closes the session if the fence voids it.
-            () = fenced => continue,
+            // A fence, or a claim voided otherwise: close if it is ours.
+            () = next_fence(&mut fences) => {
+                if !ns.may_grant() {
+                    let _ = peer.close(FENCED_CLOSE, FENCED_REASON).await;
+                    break End::Fenced;
+                }
+            }
             frame = peer.socket.recv() => {
                 let text = match peer.incoming(frame).await {
                     Incoming::Message(Message::Text(text)) => text,
@@ -261,19 +260,11 @@ pub async fn serve(
         let sleep = tokio::time::sleep(abandon);
         tokio::pin!(sleep);
         loop {
-            let fenced = async {
-                match &mut fences {
-                    Some(fences) => {
-                        let _ = fences.changed().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = &mut sleep => break,
                 _ = stop.changed() => break,
                 // A fence releases it at once; another change does not.
-                () = fenced => if !keep.namespace().may_grant() { break },
+                () = next_fence(&mut fences) => if !keep.namespace().may_grant() { break },
             }
         }
         release(keep.namespace(), &shared, None, Some(held));

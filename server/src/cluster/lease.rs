@@ -52,8 +52,7 @@ impl Lease {
 
     /// Whether the lease of `generation` is the current one and valid now.
     pub fn valid(&self, generation: u64) -> bool {
-        let s = self.state();
-        s.generation == generation && s.valid_until.is_some_and(|t| Instant::now() < t)
+        self.current().is_some_and(|(_, g)| g == generation)
     }
 
     pub fn generation(&self) -> u64 {
