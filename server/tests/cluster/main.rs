@@ -87,6 +87,32 @@ impl Load {
         })
     }
 
+    /// Stops the workers (waiting up to `within` for each), checks the ids
+    /// and the ghost, and says what the load did.
+    async fn finish(&self, workers: Vec<tokio::task::JoinHandle<()>>, within: Duration) -> String {
+        self.stop.store(true, Relaxed);
+        for w in workers {
+            let _ = tokio::time::timeout(within, w).await;
+        }
+        self.check();
+        format!(
+            "{} cycles, ghost accepted {} refused {}",
+            self.cycles.load(Relaxed),
+            self.ghost.accepted.load(Relaxed),
+            self.ghost.refused.load(Relaxed)
+        )
+    }
+
+    /// Workers stop connecting to `url` (its instance is going down).
+    fn avoid(&self, url: &str) {
+        self.urls.lock().unwrap().retain(|u| u != url);
+    }
+
+    /// Workers may connect to `url` again.
+    fn allow(&self, url: String) {
+        self.urls.lock().unwrap().push(url);
+    }
+
     fn pick(&self) -> Option<String> {
         let urls = self.urls.lock().unwrap();
         (!urls.is_empty()).then(|| urls[rand::rng().random_range(0..urls.len())].clone())
@@ -435,14 +461,7 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
     let dir = std::env::temp_dir().join(format!("shardlock-etcd-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let [ca, cert, key, client, client_key] = pki(&dir);
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, peer) = (free(), free());
+    let (port, peer) = (harness::free_port(), harness::free_port());
     let url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
@@ -594,7 +613,7 @@ async fn failover_once(cluster: &mut Cluster, load: &Arc<Load>, ns: &str) -> Dur
         .expect("the busy namespace has an owner");
     let old_term = load.grants.lock().unwrap()[ns].last().unwrap().1 >> TERM_SHIFT;
     let url = format!("ws://127.0.0.1:{}/v1", cluster.instances[owner].port);
-    load.urls.lock().unwrap().retain(|u| *u != url);
+    load.avoid(&url);
     let killed = Instant::now();
     cluster.instances[owner].kill();
     let new_grant = || {
@@ -610,7 +629,7 @@ async fn failover_once(cluster: &mut Cluster, load: &Arc<Load>, ns: &str) -> Dur
     let took = new_grant().unwrap();
     cluster.instances[owner].restart();
     cluster.wait_ready();
-    load.urls.lock().unwrap().push(url);
+    load.allow(url);
     took
 }
 
@@ -624,17 +643,8 @@ async fn failovers(kills: usize) -> Vec<Duration> {
     for _ in 0..kills {
         took.push(failover_once(&mut cluster, &load, "busy").await);
     }
-    load.stop.store(true, Relaxed);
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(20), w).await;
-    }
-    load.check();
-    eprintln!(
-        "failover (TTL {TTL} s): {took:?}; {} cycles, ghost accepted {} refused {}",
-        load.cycles.load(Relaxed),
-        load.ghost.accepted.load(Relaxed),
-        load.ghost.refused.load(Relaxed)
-    );
+    let done = load.finish(workers, Duration::from_secs(20)).await;
+    eprintln!("failover (TTL {TTL} s): {took:?}; {done}");
     took
 }
 
@@ -810,11 +820,11 @@ async fn a_rolling_restart_under_load_grants_nothing_twice() {
     for k in 0..3 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let url = format!("ws://127.0.0.1:{}/v1", cluster.instances[k].port);
-        load.urls.lock().unwrap().retain(|u| *u != url);
+        load.avoid(&url);
         cluster.instances[k].stop();
         cluster.instances[k].restart();
         cluster.wait_ready();
-        load.urls.lock().unwrap().push(url);
+        load.allow(url);
     }
     let after = load.cycles.load(Relaxed);
     assert!(
@@ -822,11 +832,7 @@ async fn a_rolling_restart_under_load_grants_nothing_twice() {
             > after + 50),
         "clients reconnect and go on after the restarts"
     );
-    load.stop.store(true, Relaxed);
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(20), w).await;
-    }
-    load.check();
+    load.finish(workers, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,25 +857,16 @@ async fn soak_64_clients_with_random_kills_ends_with_nothing_held() {
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(2000..5000))).await;
         let k = rand::rng().random_range(0..3);
         let url = format!("ws://127.0.0.1:{}/v1", cluster.instances[k].port);
-        load.urls.lock().unwrap().retain(|u| *u != url);
+        load.avoid(&url);
         cluster.instances[k].kill();
         kills += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
         cluster.instances[k].restart();
         cluster.wait_ready();
-        load.urls.lock().unwrap().push(url);
+        load.allow(url);
     }
-    load.stop.store(true, Relaxed);
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
-    }
-    load.check();
-    eprintln!(
-        "soak: {kills} kills in {seconds} s, {} cycles, ghost accepted {} refused {}",
-        load.cycles.load(Relaxed),
-        load.ghost.accepted.load(Relaxed),
-        load.ghost.refused.load(Relaxed)
-    );
+    let done = load.finish(workers, Duration::from_secs(30)).await;
+    eprintln!("soak: {kills} kills in {seconds} s, {done}");
     assert!(load.cycles.load(Relaxed) > 100, "the load made progress");
     // Nothing held, and every instance agrees with each namespace's owner.
     let settled = wait_until(Duration::from_secs(20), || {
