@@ -189,7 +189,11 @@ pub struct Counters {
 
 /// One instance's view of the cluster.
 pub struct Cluster {
-    etcd: etcd_client::Client,
+    /// One client per endpoint; calls go to `endpoint`, which moves on to
+    /// the next after any failure (a balanced channel kept picking a dead
+    /// member, which fails fastest, for most calls).
+    etcd: Vec<etcd_client::Client>,
+    endpoint: std::sync::atomic::AtomicUsize,
     pub settings: Settings,
     lease: Arc<Lease>,
     /// Bumped whenever claims may have been voided (a fence, a refused
@@ -289,12 +293,24 @@ impl Cluster {
         let options = settings.connect_options()?;
         // With credentials this authenticates, so etcd must be reachable;
         // without, the connection is made lazily.
-        let etcd = etcd_client::Client::connect(&settings.endpoints, Some(options))
-            .await
-            .map_err(|e| format!("etcd endpoints {:?}: {e}", settings.endpoints))?;
+        let mut etcd = Vec::new();
+        let mut refused = None;
+        for endpoint in &settings.endpoints {
+            match etcd_client::Client::connect([endpoint], Some(options.clone())).await {
+                Ok(client) => etcd.push(client),
+                Err(e) => refused = Some(format!("etcd endpoint {endpoint}: {e}")),
+            }
+        }
+        // Without credentials connecting is lazy and cannot fail here; with
+        // them, an endpoint that is down now is skipped, and all refusing
+        // (a wrong password, say) stops the start.
+        if etcd.is_empty() {
+            return Err(refused.unwrap_or_else(|| "no etcd endpoint".into()));
+        }
         let (renewals, renew_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             etcd,
+            endpoint: std::sync::atomic::AtomicUsize::new(0),
             lease: Arc::new(Lease::new(settings.ttl)),
             settings,
             fences: Watch::new(0),
@@ -319,10 +335,13 @@ impl Cluster {
     }
 
     fn etcd(&self) -> etcd_client::Client {
-        self.etcd.clone()
+        self.etcd[self.endpoint.load(Relaxed) % self.etcd.len()].clone()
     }
 
+    /// Counts and logs a failed call, and sends the next calls to the next
+    /// endpoint (the callers retry).
     fn etcd_error(&self, what: &str, e: &etcd_client::Error) {
+        self.endpoint.fetch_add(1, Relaxed);
         self.counters.etcd_errors.fetch_add(1, Relaxed);
         tracing::warn!(error = %e, "etcd: {what} failed");
     }
